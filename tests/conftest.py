@@ -1,0 +1,21 @@
+import os
+
+import pytest
+import torch
+
+from trl_diffusion.testing import build_tokenizer, save_tiny_model
+
+
+# Two-core machines: keep intra-op threads bounded so parallel test workers do not oversubscribe.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def standin_model_path(tmp_path_factory, tokenizer):
+    """A tiny bidirectional stand-in model and its tokenizer, saved once per session."""
+    return save_tiny_model(tmp_path_factory.mktemp("standin"), kind="standin", tokenizer=tokenizer)

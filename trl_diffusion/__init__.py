@@ -1,0 +1,37 @@
+"""Reinforcement learning and supervised fine-tuning for masked diffusion language models, on top of TRL.
+
+Heavy submodules (trainers, models) are imported lazily so that ``import trl_diffusion`` stays cheap and never
+pulls optional backends such as DeepSpeed.
+"""
+
+import importlib
+from typing import TYPE_CHECKING
+
+
+__version__ = "0.1.0.dev0"
+
+# public name -> submodule that defines it
+_LAZY_ATTRS = {
+    "DiffusionModelSpec": "trl_diffusion.models.spec",
+    "MODEL_SPECS": "trl_diffusion.models.spec",
+    "get_model_spec": "trl_diffusion.models.spec",
+}
+
+__all__ = ["__version__", *_LAZY_ATTRS]
+
+
+def __getattr__(name: str):
+    module_name = _LAZY_ATTRS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'trl_diffusion' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trl_diffusion.models.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec  # noqa: F401

@@ -1,0 +1,1 @@
+"""Subcommands of the `trl-diffusion` command line (see `trl_diffusion.cli`)."""
