@@ -1,0 +1,1 @@
+"""Trainers: TRL subclasses for masked diffusion language models."""
