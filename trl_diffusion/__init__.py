@@ -15,6 +15,11 @@ _LAZY_ATTRS = {
     "DiffusionModelSpec": "trl_diffusion.models.spec",
     "MODEL_SPECS": "trl_diffusion.models.spec",
     "get_model_spec": "trl_diffusion.models.spec",
+    "countdown_reward": "trl_diffusion.rewards",
+    "format_reward": "trl_diffusion.rewards",
+    "math_reward": "trl_diffusion.rewards",
+    "strict_format_reward": "trl_diffusion.rewards",
+    "sudoku_reward": "trl_diffusion.rewards",
 }
 
 __all__ = ["__version__", *_LAZY_ATTRS]
