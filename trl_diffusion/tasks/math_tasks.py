@@ -53,9 +53,9 @@ class GSM8KTask(Task):
 
 class MATH500Task(Task):
     r"""
-    MATH500 (`HuggingFaceH4/MATH-500`, test split only): columns `problem`, `solution`, `answer`. For training on
-    MATH, point `data_files` at a file of MATH problems with a `solution` column (the gold answer is then its last
-    `\boxed{}` when there is no `answer` column).
+    MATH500 (`HuggingFaceH4/MATH-500`, a test split only): columns `problem`, `solution`, `answer`. The train split
+    is the MATH training set d1 trains on (`ankner/math-500`, columns `problem`, `solution`); where a row has no
+    `answer` column the gold answer is the last `\boxed{}` of its `solution`.
     """
 
     name = "math500"
@@ -63,15 +63,11 @@ class MATH500Task(Task):
     reward_funcs = (math_reward, format_reward)
     reward_weights = (2.0, 0.5)
     reward_columns = ("answer",)
-    hub_path, hub_name = "HuggingFaceH4/MATH-500", None
+    hub_paths = {"test": ("HuggingFaceH4/MATH-500", None, "test"), "train": ("ankner/math-500", None, "train")}
 
     def load_raw(self, split, data_files=None, seed=0, num_examples=None) -> Dataset:
-        if split != "test" and data_files is None:
-            raise ValueError(
-                "MATH500 is a test set; to train on MATH problems pass data_files=<local file with `problem` and "
-                "`solution` columns>."
-            )
-        return load_local_or_hub(self.hub_path, self.hub_name, "test", data_files)
+        path, name, hub_split = self.hub_paths[split]
+        return load_local_or_hub(path, name, hub_split, data_files)
 
     def question(self, example):
         return example["problem"]
