@@ -145,8 +145,14 @@ class EvalConfig:
                     f"Generation length {length} is not a multiple of --block_length {self.block_length}; choose "
                     "lengths that are multiples of the block length."
                 )
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"--steps must be positive, got {self.steps}.")
+        if self.steps is not None:
+            for length in self.gen_lengths:
+                num_blocks = length // min(self.block_length, length)
+                if self.steps < 1 or self.steps % num_blocks:
+                    raise ValueError(
+                        f"--steps {self.steps} must be a positive multiple of the number of blocks ({num_blocks} for "
+                        f"gen_length {length}); leave it unset for d1's gen_length // 2."
+                    )
         if self.remasking not in ("low_confidence", "random"):
             raise ValueError(f"--remasking must be 'low_confidence' or 'random', got {self.remasking!r}.")
         if self.temperature < 0 or self.cfg_scale < 0:
