@@ -13,6 +13,7 @@ from trl_diffusion.testing import tiny_standin_model
 
 
 MASK_ID = 2  # `<|mdm_mask|>` of the testing tokenizer
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class ContextHead(torch.nn.Module):
@@ -45,15 +46,6 @@ class ContextHead(torch.nn.Module):
         elif logits_to_keep:
             logits = logits[:, -logits_to_keep:]
         return types.SimpleNamespace(logits=logits)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # Many tiny ops: on a loaded 2-core machine intra-op threads spin-wait for each other and run ~40x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
