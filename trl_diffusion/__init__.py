@@ -15,6 +15,8 @@ _LAZY_ATTRS = {
     "DiffusionModelSpec": "trl_diffusion.models.spec",
     "MODEL_SPECS": "trl_diffusion.models.spec",
     "get_model_spec": "trl_diffusion.models.spec",
+    "DiffusionGenerationConfig": "trl_diffusion.sampling",
+    "generate": "trl_diffusion.sampling",
     "countdown_reward": "trl_diffusion.rewards",
     "format_reward": "trl_diffusion.rewards",
     "math_reward": "trl_diffusion.rewards",
