@@ -79,7 +79,6 @@ def test_summary_and_table_shape():
 
 def test_evaluate_task_scores_known_completions(tokenizer):
     # the oracle always answers 12: only the first GSM8K fixture question (answer 12) is right
-    pytest.importorskip("trl_diffusion.sampling")
     task = get_task("gsm8k")
     dataset = task.load("test", data_files=GSM8K_FIXTURE)
     answer = "</reasoning><answer>\\boxed{12}</answer>"
@@ -132,7 +131,6 @@ def _eval_args(model_path: str, output_dir: str, extra: tuple[str, ...] = ()) ->
 
 
 def test_eval_cli_writes_json_and_table(long_context_model_path, tmp_path, capsys):
-    pytest.importorskip("trl_diffusion.sampling")
     from trl_diffusion.cli import main
 
     output_dir = str(tmp_path / "out")
@@ -160,7 +158,6 @@ def test_eval_cli_writes_json_and_table(long_context_model_path, tmp_path, capsy
 
 @pytest.mark.distributed
 def test_two_processes_give_the_same_results(long_context_model_path, tmp_path):
-    pytest.importorskip("trl_diffusion.sampling")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     # temperature > 0: the per-batch generators must not depend on how batches are shared out
