@@ -17,6 +17,8 @@ _LAZY_ATTRS = {
     "get_model_spec": "trl_diffusion.models.spec",
     "MaskedSFTConfig": "trl_diffusion.trainer.masked_sft_config",
     "MaskedSFTTrainer": "trl_diffusion.trainer.masked_sft_trainer",
+    "DiffusionGenerationConfig": "trl_diffusion.sampling",
+    "generate": "trl_diffusion.sampling",
 }
 
 __all__ = ["__version__", *_LAZY_ATTRS]
