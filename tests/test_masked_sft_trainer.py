@@ -1,4 +1,5 @@
 import inspect
+import random
 
 import pytest
 import torch
@@ -395,6 +396,8 @@ def test_contract_trl_methods_overridden_or_relied_on():
         assert name in init
     assert params(Trainer._get_num_items_in_batch) == ["self", "batch_samples", "device"]
     assert params(Trainer.training_step) == ["self", "model", "inputs", "num_items_in_batch"]
+    assert params(Trainer._save_rng_state) == ["self", "output_dir"]
+    assert params(Trainer._load_rng_state) == ["self", "checkpoint"]
     # num_items_in_batch counts `labels != -100`, shifted only when `_loss_shifts_labels`, and is only counted when
     # `model_accepts_loss_kwargs`; the division by accumulation steps is skipped when `loss_is_scaled_for_ga`.
     count_source = inspect.getsource(Trainer._get_num_items_in_batch)
@@ -420,3 +423,71 @@ def test_contract_fused_head_scores_unshifted_labels(tokenizer):
     assert out.entropy is not None and out.is_top1 is not None
     assert torch.equal(out.label_mask, labels != -100)
     torch.testing.assert_close(F.cross_entropy(logits[0, 1:2], labels[0, 1:2]).float(), -out.log_probs[0, 1])
+
+
+# ---------------------------------------------------------------- toy task, decoded with the package sampler
+
+
+# Tiny bidirectional model from scratch; measured in the report.
+TOY = {"train_examples": 20000, "hidden": 64, "batch": 32, "steps": 400, "lr": 3e-3}
+
+
+def reversal_data(count, seed, exclude=(), digits=4):
+    rng = random.Random(seed)
+    strings = []
+    while len(strings) < count:
+        s = "".join(rng.choice("0123456789") for _ in range(digits))
+        if s not in exclude:
+            strings.append(s)
+    return strings
+
+
+@pytest.mark.slow
+def test_toy_reversal_task_learned_and_decoded_with_sampler(tmp_path, tokenizer):
+    from trl_diffusion import generate
+
+    held_out = sorted(set(reversal_data(200, seed=1)))
+    train = reversal_data(TOY["train_examples"], seed=0, exclude=set(held_out))
+    data = Dataset.from_dict({"prompt": [s + ">" for s in train], "completion": [s[::-1] for s in train]})
+    length = 5  # 4 digits + EOS: the EOS padding is trained, so the model must learn to end the answer
+    model = tiny_standin_model(
+        tokenizer, hidden_size=TOY["hidden"], num_layers=2, num_kv_heads=4, seed=0, intermediate_size=4 * TOY["hidden"]
+    )
+    args = make_args(
+        tmp_path,
+        max_completion_length=length,
+        per_device_train_batch_size=TOY["batch"],
+        max_steps=TOY["steps"],
+        learning_rate=TOY["lr"],
+        lr_scheduler_type="cosine",
+        warmup_steps=10,
+        weight_decay=0.0,
+        logging_steps=50,
+    )
+    trainer = MaskedSFTTrainer(model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer.train()
+
+    model = trainer.model.eval()
+    prompts = torch.tensor([tokenizer(s + ">")["input_ids"] for s in held_out])  # (N, 5), no padding needed
+    with torch.no_grad():
+        out = generate(model, prompts, gen_length=length, block_length=length, steps=length, temperature=0.0)
+    answers = out[:, prompts.size(1) :].tolist()
+    expected = [tokenizer(s[::-1])["input_ids"] + [tokenizer.eos_token_id] for s in held_out]
+    exact = sum(a == e for a, e in zip(answers, expected, strict=True)) / len(held_out)
+    assert exact >= 0.9, f"exact match {exact:.3f}"
+
+
+def test_checkpoint_saves_and_restores_mask_generator(tmp_path, tokenizer, standin_model_path):
+    args = make_args(tmp_path, max_completion_length=4, save_strategy="steps", save_steps=1, max_steps=1)
+    trainer = MaskedSFTTrainer(
+        standin_model_path, args=args, train_dataset=prompt_completion_dataset(), processing_class=tokenizer
+    )
+    trainer.train()
+    state_after_step = trainer._mask_generator.get_state()
+    checkpoint = str(tmp_path / "out" / "checkpoint-1")
+    fresh = MaskedSFTTrainer(
+        standin_model_path, args=args, train_dataset=prompt_completion_dataset(), processing_class=tokenizer
+    )
+    assert not torch.equal(fresh._mask_generator.get_state(), state_after_step)
+    fresh._load_rng_state(checkpoint)
+    assert torch.equal(fresh._mask_generator.get_state(), state_after_step)
