@@ -94,6 +94,7 @@ class PerTokenLogpEstimator(Protocol):
         num_masked_slots: int | None = None,
         temperature: float = 1.0,
         compute_entropy: bool = False,
+        pad_to_multiple_of: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
@@ -110,6 +111,7 @@ def one_step_per_token_logps(
     num_masked_slots: int | None = None,
     temperature: float = 1.0,
     compute_entropy: bool = False,
+    pad_to_multiple_of: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """
     d1's one-step per-token log-probability estimate of a completion (arXiv 2504.12216, section 3.2, eq. 3-4).
@@ -145,6 +147,10 @@ def one_step_per_token_logps(
             Temperature the logits are divided by before the log-softmax (d1 scores at 1).
         compute_entropy (`bool`, *optional*, defaults to `False`):
             Whether to also return the entropy of the predicted distribution at each completion position.
+        pad_to_multiple_of (`int`, *optional*, defaults to `1`):
+            Left-pad the model input (not attended, position ids unchanged) to a multiple of this length. CPU matrix
+            kernels process tokens in small blocks, so without it a row's result can differ in the last bit with its
+            position in the batch when the length is odd; a multiple of 16 keeps it bitwise independent.
 
     Returns:
         `tuple[torch.Tensor, torch.Tensor | None]`: float32 log-probs `(B, C)` and entropies `(B, C)` or `None`.
@@ -156,14 +162,16 @@ def one_step_per_token_logps(
 
     masked_prompt = prompt_ids.masked_fill(random_prompt_mask(prompt_mask, mask_seeds, p_mask_prompt), mask_token_id)
     slots = torch.full((batch_size, num_slots), mask_token_id, dtype=prompt_ids.dtype, device=device)
-    input_ids = torch.cat([masked_prompt, slots], dim=1)  # (B, P + L)
+    extra = -(prompt_length + num_slots) % max(1, pad_to_multiple_of)
+    filler = torch.full((batch_size, extra), mask_token_id, dtype=prompt_ids.dtype, device=device)
+    input_ids = torch.cat([filler, masked_prompt, slots], dim=1)  # (B, extra + P + L)
     # The attention mask is always passed (even without padding) so that the same computation path runs whatever
     # the padding of the batch a row lands in.
-    attention_mask = torch.cat([prompt_mask.long(), torch.ones_like(slots)], dim=1)  # (B, P + L)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P + L), counts real tokens only
+    attention_mask = torch.cat([torch.zeros_like(filler), prompt_mask.long(), torch.ones_like(slots)], dim=1)
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # counts real tokens only
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
 
-    start = prompt_length - 1 if logit_shift else prompt_length
+    start = extra + prompt_length - (1 if logit_shift else 0)
     logits = logits[:, start : start + completion_length].float() / temperature  # (B, C, V)
     log_probs = F.log_softmax(logits, dim=-1)  # (B, C, V)
     per_token_logps = log_probs.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)  # (B, C)

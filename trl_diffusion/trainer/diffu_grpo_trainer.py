@@ -17,6 +17,10 @@ from trl_diffusion.sampling import DiffusionGenerationConfig, generate
 from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig, check_supported_options
 
 
+# The scored sequence is left-padded to a multiple of this length so that a row's log-probs do not depend, even in
+# the last bit, on its position in a micro-batch (CPU kernels block tokens): old-policy log-probs computed at
+# generation time then equal the current ones exactly at the first inner iteration, after TRL's shuffle and split.
+_SCORING_LENGTH_MULTIPLE = 16
 # Tags that keep the seed streams of rollouts, training masks and evaluation apart.
 _ROLLOUT_STREAM, _TRAIN_STREAM, _EVAL_STREAM = 1, 2, 3
 
@@ -301,6 +305,7 @@ class DiffuGRPOTrainer(GRPOTrainer):
                         num_masked_slots=self.max_completion_length,
                         temperature=self.args.scoring_temperature,
                         compute_entropy=compute_entropy,
+                        pad_to_multiple_of=_SCORING_LENGTH_MULTIPLE,
                     )
                 chunk_logps.append(logps)
                 chunk_entropies.append(entropies)
