@@ -104,7 +104,7 @@ def first_logged(trainer, key):
     return next(entry[key] for entry in trainer.state.log_history if key in entry)
 
 
-# --- a TRL user's script, names swapped -------------------------------------------------------------------------
+# --- a TRL user's script, names swapped ---
 
 TRL_USER_SCRIPT = """
 from datasets import Dataset
@@ -152,7 +152,7 @@ def test_trl_user_script_runs_with_names_swapped(tmp_path, standin_model_path):
     assert "reward" in logs[0] and "completions/mean_length" in logs[0]
 
 
-# --- inner iterations -----------------------------------------------------------------------------------------
+# --- inner iterations ---
 
 
 def test_inner_iterations_use_each_mask_once_and_first_ratio_is_one(tmp_path, standin_model_path):
@@ -218,7 +218,7 @@ def test_fixed_mask_without_random_masking(tmp_path, standin_model_path):
     assert trainer.passes["no_grad"] == 1 and trainer.passes["ref"] == 1  # one mask: one pass each
 
 
-# --- KL against a reference ---------------------------------------------------------------------------------------
+# --- KL against a reference ---
 
 
 @pytest.mark.parametrize(("num_iterations", "reference"), [(1, "full"), (1, "peft"), (2, "peft")])
@@ -250,7 +250,7 @@ def test_beta_with_reference_model(tmp_path, standin_model_path, num_iterations,
     assert trainer.passes["grad"] == 2
 
 
-# --- every loss type -----------------------------------------------------------------------------------------------
+# --- every loss type ---
 
 
 @pytest.mark.parametrize(
@@ -265,7 +265,7 @@ def test_every_loss_type_trains_every_parameter(tmp_path, standin_model_path, lo
     assert np.isfinite(first_logged(trainer, "loss"))
 
 
-# --- randomness, determinism, resumption -----------------------------------------------------------------------
+# --- randomness, determinism, resumption ---
 
 
 def test_generation_and_scoring_leave_global_rng_untouched(tmp_path, standin_model_path):
@@ -311,7 +311,7 @@ def test_resume_at_generation_boundary_matches_uninterrupted_run(tmp_path, stand
     assert all(torch.equal(uninterrupted[n], resumed[n]) for n in uninterrupted)
 
 
-# --- refused options ------------------------------------------------------------------------------------------------
+# --- refused options ---
 
 
 @pytest.fixture
@@ -365,7 +365,7 @@ def test_refused_trainer_arguments(tmp_path, standin_model_path, no_model_loadin
         DiffuGRPOTrainer(standin_model_path, reward_char_sum, args=GRPOConfig(str(tmp_path), report_to="none"))
 
 
-# --- configuration ----------------------------------------------------------------------------------------------------
+# --- configuration ---
 
 
 def test_config_defaults_follow_d1(tmp_path):
