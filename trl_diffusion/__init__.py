@@ -24,6 +24,8 @@ _LAZY_ATTRS = {
     "math_reward": "trl_diffusion.rewards",
     "strict_format_reward": "trl_diffusion.rewards",
     "sudoku_reward": "trl_diffusion.rewards",
+    "DiffuGRPOConfig": "trl_diffusion.trainer.diffu_grpo_config",
+    "DiffuGRPOTrainer": "trl_diffusion.trainer.diffu_grpo_trainer",
 }
 
 __all__ = ["__version__", *_LAZY_ATTRS]
@@ -44,5 +46,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover
     from trl_diffusion.models.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec  # noqa: F401
+    from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig  # noqa: F401
+    from trl_diffusion.trainer.diffu_grpo_trainer import DiffuGRPOTrainer  # noqa: F401
     from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig  # noqa: F401
     from trl_diffusion.trainer.masked_sft_trainer import MaskedSFTTrainer  # noqa: F401
