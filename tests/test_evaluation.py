@@ -179,3 +179,27 @@ def test_two_processes_give_the_same_results(long_context_model_path, tmp_path):
         {k: s[k] for k in ("task", "gen_length", "index", "completion", "score")} for s in outputs[2]["samples"]
     ]
     assert [e["score"] for e in outputs[1]["summary"]] == [e["score"] for e in outputs[2]["summary"]]
+
+
+def test_load_model_merges_a_peft_adapter(standin_model_path, tmp_path, tokenizer):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from trl_diffusion.evaluation import load_model_and_tokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(standin_model_path)
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    adapter_dir = str(tmp_path / "adapter")
+    peft_model.save_pretrained(adapter_dir)
+    model, loaded_tokenizer = load_model_and_tokenizer(adapter_dir, dtype="float32")
+    assert not any("lora" in name for name, _ in model.named_parameters())  # merged into the base weights
+    input_ids = torch.tensor([tokenizer.encode("<|user|>1+1<|end|><|assistant|>")])
+    with torch.no_grad():
+        expected = peft_model(input_ids=input_ids).logits
+        merged = model(input_ids=input_ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(standin_model_path)(input_ids=input_ids).logits
+    torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(merged, plain)  # the adapter is really applied
+    assert loaded_tokenizer.mask_token_id == tokenizer.mask_token_id

@@ -1,6 +1,7 @@
 """What a task is: a prompt template (d1's system prompt), a dataset loader, and the rewards that score it."""
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from datasets import Dataset, load_dataset
@@ -32,7 +33,7 @@ def load_local_or_hub(
     return load_dataset(_LOCAL_BUILDERS[extension], data_files=data_files, split="train")
 
 
-class Task:
+class Task(ABC):
     """
     A d1 task: `name`, `system_prompt` (d1's evaluation prompt, which d1 puts at the start of the user turn),
     `reward_funcs` for diffu-GRPO (the correctness reward first; it is also the evaluation metric), and the columns
@@ -51,18 +52,22 @@ class Task:
     reward_columns: tuple[str, ...] = ()
     splits: tuple[str, ...] = ("train", "test")
 
-    # -- to implement ------------------------------------------------------------------------------------------------
+    # -- implemented by each task -------------------------------------------------------------------------------------
+    @abstractmethod
     def load_raw(self, split: str, data_files=None, seed: int = 0, num_examples: int | None = None) -> Dataset:
-        raise NotImplementedError(f"{type(self).__name__} must implement load_raw")
+        """The split in the source schema (`num_examples` is a size hint for generated tasks)."""
 
+    @abstractmethod
     def question(self, example: dict) -> str:
-        raise NotImplementedError(f"{type(self).__name__} must implement question")
+        """The text that follows the system prompt in the user turn."""
 
+    @abstractmethod
     def reward_inputs(self, example: dict) -> dict:
-        raise NotImplementedError(f"{type(self).__name__} must implement reward_inputs")
+        """The reward columns of one raw example."""
 
+    @abstractmethod
     def reference_completion(self, example: dict) -> str:
-        raise ValueError(f"Task {self.name!r} has no reference solutions to fine-tune on.")
+        """A correct completion in d1's layout, for masked SFT on the task."""
 
     # -- shared ------------------------------------------------------------------------------------------------------
     @property
