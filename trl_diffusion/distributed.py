@@ -124,7 +124,9 @@ def describe_distributed_setup(model: torch.nn.Module) -> DistributedSetup:
         num_tensors += 1
         if _is_zero3_parameter(parameter):
             full = int(parameter.ds_numel)
-            materialised = parameter.data.numel() == full  # persisted (below the threshold) or currently gathered
+            # Held in full: persisted (smaller than `stage3_param_persistence_threshold`, kept after its first
+            # gather) or currently gathered.
+            materialised = bool(getattr(parameter, "ds_persist", False)) or parameter.data.numel() == full
             num_local += full if materialised else int(parameter.ds_tensor.numel())
         else:
             full = parameter.numel()
