@@ -17,6 +17,10 @@ _LAZY_ATTRS = {
     "get_model_spec": "trl_diffusion.models.spec",
     "MaskedSFTConfig": "trl_diffusion.trainer.masked_sft_config",
     "MaskedSFTTrainer": "trl_diffusion.trainer.masked_sft_trainer",
+    "DiffusionGenerationConfig": "trl_diffusion.sampling",
+    "generate": "trl_diffusion.sampling",
+    "DiffuGRPOConfig": "trl_diffusion.trainer.diffu_grpo_config",
+    "DiffuGRPOTrainer": "trl_diffusion.trainer.diffu_grpo_trainer",
 }
 
 __all__ = ["__version__", *_LAZY_ATTRS]
@@ -37,5 +41,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover
     from trl_diffusion.models.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec  # noqa: F401
+    from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig  # noqa: F401
+    from trl_diffusion.trainer.diffu_grpo_trainer import DiffuGRPOTrainer  # noqa: F401
     from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig  # noqa: F401
     from trl_diffusion.trainer.masked_sft_trainer import MaskedSFTTrainer  # noqa: F401
