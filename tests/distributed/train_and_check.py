@@ -57,12 +57,43 @@ def sft_dataset(num_rows):
 
 
 def grpo_dataset(num_rows):
+    # Prompts of equal length: no padding, so batch composition cannot change a row's computation.
     return Dataset.from_list([{"prompt": f"count to {index % 10}:"} for index in range(num_rows)])
 
 
 def digit_reward(completions, **kwargs):
     """Fraction of digit characters: a smooth reward that differs across sampled completions."""
     return [sum(character.isdigit() for character in text) / max(len(text), 1) for text in completions]
+
+
+def row_seeded_trainer_class():
+    """
+    `DiffuGRPOTrainer` whose rollouts draw their randomness per row instead of per rank.
+
+    The trainer seeds one rollout generator per rank and step (`seed`, step, `process_index`), so two ranks and one
+    process sample different completions for the same prompt and their weights cannot be compared. Through the
+    trainer's `rollout` hook, this subclass generates each row with its own generator keyed by (step, prompt tokens,
+    repeat index of the prompt within the batch), which is the same whichever rank holds the row (each prompt's
+    `num_generations` copies stay on one rank here). Everything distributed (reward gathering, advantages,
+    gradient all-reduce / ZeRO partitioning, ZeRO-3 generation with or without gathering) is the trainer's own.
+    """
+    import zlib
+    from collections import Counter
+
+    from trl_diffusion import DiffuGRPOTrainer
+
+    class RowSeededDiffuGRPOTrainer(DiffuGRPOTrainer):
+        def rollout(self, model, prompt_ids, prompt_mask, generator):
+            repeats, rows = Counter(), []
+            for ids, mask in zip(prompt_ids, prompt_mask, strict=True):  # (P,) each
+                prompt = tuple(ids[mask.bool()].tolist())
+                key = repr((self.args.seed, self.state.global_step, prompt, repeats[prompt])).encode()
+                repeats[prompt] += 1
+                row_generator = torch.Generator(device=prompt_ids.device).manual_seed(zlib.crc32(key))
+                rows.append(super().rollout(model, ids[None], mask[None], row_generator))  # (1, P + L)
+            return torch.cat(rows)  # (B, P + L)
+
+    return RowSeededDiffuGRPOTrainer
 
 
 def build_trainer(args, world_size):
@@ -91,21 +122,29 @@ def build_trainer(args, world_size):
         "dataloader_num_workers": 0,
     }
     if args.trainer == "sft":
-        from trl import SFTConfig, SFTTrainer
+        from trl_diffusion import MaskedSFTConfig, MaskedSFTTrainer
 
-        config = SFTConfig(**common, max_length=32, completion_only_loss=True)
-        return SFTTrainer(model=args.model, args=config, train_dataset=sft_dataset(4 * args.global_batch))
-    from trl import GRPOConfig, GRPOTrainer
+        # Masks are drawn per rank (`seed + process_index`), so a row's mask depends on the world size. A mask
+        # ratio t ~ U(1 - 1e-6, 1) masks every response token (a token escapes with probability <= 1e-6, and the
+        # draws are seeded), which removes that randomness while keeping the masked diffusion loss: the loss
+        # weights 1/t then differ across world sizes by at most 1e-6 relative.
+        config = MaskedSFTConfig(**common, max_length=32, max_completion_length=8, mask_eps=1.0 - 1e-6)
+        return MaskedSFTTrainer(model=args.model, args=config, train_dataset=sft_dataset(4 * args.global_batch))
+    from trl_diffusion import DiffuGRPOConfig
 
-    config = GRPOConfig(
+    config = DiffuGRPOConfig(
         **common,
         num_generations=4,
-        max_completion_length=6,
+        max_completion_length=4,
+        block_length=4,
+        diffusion_steps=4,
         temperature=1.0,
+        # Prompt masks of the log-prob estimate are seeded per rank too; with p = 0 the estimate is deterministic.
+        p_mask_prompt=0.0,
         beta=0.0,
         ds3_gather_for_generation=args.ds3_gather_for_generation == "true",
     )
-    return GRPOTrainer(
+    return row_seeded_trainer_class()(
         model=args.model, reward_funcs=digit_reward, args=config, train_dataset=grpo_dataset(args.global_batch)
     )
 
