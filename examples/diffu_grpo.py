@@ -1,6 +1,6 @@
 """diffu-GRPO (d1, arXiv 2504.12216) on GSM8K, MATH, Countdown or Sudoku with a masked diffusion LM.
 
-    accelerate launch --config_file examples/accelerate_configs/zero2.yaml examples/diffu_grpo.py \
+    accelerate launch --config_file examples/accelerate_configs/deepspeed_zero2.yaml examples/diffu_grpo.py \
         --config examples/recipes/diffu_grpo_gsm8k.yaml
 
 Every field of `TaskScriptArguments`, `DiffuGRPOConfig` and TRL's `ModelConfig` can be set in the YAML recipe or as
