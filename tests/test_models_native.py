@@ -21,6 +21,22 @@ def family_path(request, official_llada_path, official_dream_path):
     return {"llada": official_llada_path, "dream": official_dream_path}[request.param]
 
 
+@pytest.fixture(scope="module")
+def loaded(official_llada_path, official_dream_path):
+    """Read-only models loaded once per module, keyed by (family, attention implementation)."""
+    paths = {"llada": official_llada_path, "dream": official_dream_path}
+    cache = {}
+
+    def get(path, implementation="sdpa"):
+        family = next(name for name, value in paths.items() if value == path)
+        if (family, implementation) not in cache:
+            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=implementation)
+            cache[family, implementation] = model.eval()
+        return cache[family, implementation]
+
+    return get
+
+
 def _rows(vocab=50, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return [torch.randint(3, vocab, (length,), generator=generator) for length in LENGTHS]
@@ -44,8 +60,8 @@ def _layer0_query(model):
 @pytest.mark.parametrize("family_path", FAMILIES, indirect=True)
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_padding_does_not_change_logits_at_real_positions(family_path, implementation, side):
-    model = AutoModelForCausalLM.from_pretrained(family_path, attn_implementation=implementation).eval()
+def test_padding_does_not_change_logits_at_real_positions(loaded, family_path, implementation, side):
+    model = loaded(family_path, implementation)
     assert model.config._attn_implementation == implementation
     rows = _rows()
     input_ids, mask = _pad(rows, side)
@@ -58,13 +74,15 @@ def test_padding_does_not_change_logits_at_real_positions(family_path, implement
 
 
 @pytest.mark.parametrize("family_path", FAMILIES, indirect=True)
-def test_sdpa_equals_eager_and_full_mask_equals_no_mask(family_path):
-    sdpa = AutoModelForCausalLM.from_pretrained(family_path, attn_implementation="sdpa").eval()
-    eager = AutoModelForCausalLM.from_pretrained(family_path, attn_implementation="eager").eval()
+def test_sdpa_equals_eager_and_full_mask_equals_no_mask(loaded, family_path):
+    sdpa, eager = loaded(family_path, "sdpa"), loaded(family_path, "eager")
     input_ids, mask = _pad(_rows(seed=1), "left")
     with torch.no_grad():
         torch.testing.assert_close(
-            sdpa(input_ids, attention_mask=mask).logits, eager(input_ids, attention_mask=mask).logits, atol=1e-5, rtol=0
+            sdpa(input_ids, attention_mask=mask).logits,
+            eager(input_ids, attention_mask=mask).logits,
+            atol=1e-5,
+            rtol=0,
         )
         full = torch.ones_like(input_ids)
         torch.testing.assert_close(sdpa(input_ids, attention_mask=full).logits, sdpa(input_ids).logits, atol=0, rtol=0)
@@ -75,8 +93,8 @@ def test_sdpa_equals_eager_and_full_mask_equals_no_mask(family_path):
 
 
 @pytest.mark.parametrize("family_path", FAMILIES, indirect=True)
-def test_attention_is_not_causal(family_path):
-    model = AutoModelForCausalLM.from_pretrained(family_path).eval()
+def test_attention_is_not_causal(loaded, family_path):
+    model = loaded(family_path)
     input_ids = _rows()[0][None]
     changed = input_ids.clone()
     changed[0, -1] = (changed[0, -1] + 1) % 50
@@ -102,7 +120,9 @@ def test_trl_fused_lm_head_equals_log_softmax_of_logits(family_path, temperature
     with torch.no_grad():
         if not shift:
             # LLaDA predicts in place: GRPO-style callers pass pre-aligned `shift_labels`
-            out = model(input_ids=input_ids, attention_mask=mask, labels=labels, shift_labels=labels, fused_lm_head=True)
+            out = model(
+                input_ids=input_ids, attention_mask=mask, labels=labels, shift_labels=labels, fused_lm_head=True
+            )
             expected = log_probs.gather(-1, input_ids[..., None]).squeeze(-1)  # (B, L)
             valid = labels != -100
         else:
@@ -161,10 +181,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(family_path, lora):
 
 
 @pytest.mark.parametrize("family_path", FAMILIES, indirect=True)
-def test_fused_forward_keeps_the_model_signature(family_path):
+def test_fused_forward_keeps_the_model_signature(loaded, family_path):
     # TRL wraps `forward` with functools.wraps(type(model).forward): the native signature is what callers see
-    model = AutoModelForCausalLM.from_pretrained(family_path)
+    model = loaded(family_path)
     params = inspect.signature(type(model).forward).parameters
-    assert ["self", "input_ids", "attention_mask", "position_ids", "inputs_embeds", "labels"] == list(params)[:6]
+    assert list(params)[:6] == ["self", "input_ids", "attention_mask", "position_ids", "inputs_embeds", "labels"]
     fused_params = inspect.signature(add_fused_lm_head).parameters
     assert list(fused_params)[:2] == ["model", "temperature"]
