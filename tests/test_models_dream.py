@@ -127,3 +127,13 @@ def test_unsupported_options_are_rejected():
         DreamConfig(hidden_act="gelu")
     with pytest.raises(ValueError, match="num_key_value_heads"):
         DreamConfig(num_attention_heads=28, num_key_value_heads=5)
+
+
+def test_dream_7b_shaped_config_builds_on_meta_device_with_the_published_size():
+    config = DreamConfig()  # defaults are Dream-v0-Instruct-7B's config.json (Qwen2.5-7B shape)
+    with torch.device("meta"):
+        model = DreamForMaskedDiffusion(config)
+    h, inter, layers, vocab, kv = 3584, 18944, 28, 152064, 4 * 128
+    per_layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * inter + 2 * h  # attention (q/k/v bias), MLP, norms
+    expected = 2 * vocab * h + layers * per_layer + h
+    assert sum(p.numel() for p in model.parameters()) == expected == 7_615_616_512
