@@ -188,3 +188,51 @@ def test_fused_forward_keeps_the_model_signature(loaded, family_path):
     assert list(params)[:6] == ["self", "input_ids", "attention_mask", "position_ids", "inputs_embeds", "labels"]
     fused_params = inspect.signature(add_fused_lm_head).parameters
     assert list(fused_params)[:2] == ["model", "temperature"]
+
+
+@pytest.mark.parametrize("family_path", FAMILIES, indirect=True)
+def test_logits_to_keep_selects_positions(loaded, family_path):
+    model = loaded(family_path)
+    input_ids, mask = _pad(_rows(seed=5), "left")
+    with torch.no_grad():
+        full = model(input_ids, attention_mask=mask).logits
+        torch.testing.assert_close(model(input_ids, attention_mask=mask, logits_to_keep=3).logits, full[:, -3:])
+        keep = torch.tensor([1, 4, 6])
+        torch.testing.assert_close(model(input_ids, attention_mask=mask, logits_to_keep=keep).logits, full[:, keep])
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        model(input_ids, labels=input_ids, logits_to_keep=2)
+
+
+@pytest.mark.parametrize("family_path", FAMILIES, indirect=True)
+def test_generate_runs_the_diffusion_sampler(loaded, family_path, tokenizer):
+    from transformers import GenerationConfig
+
+    from trl_diffusion.sampling import DiffusionGenerationConfig, generate
+
+    model = loaded(family_path)
+    prompts = [tokenizer.encode("12+3="), tokenizer.encode("7*8=")]
+    encoded = tokenizer.pad({"input_ids": prompts}, return_tensors="pt")  # left padding
+    config = DiffusionGenerationConfig(gen_length=8, block_length=4, steps=4, temperature=0.8)
+    out = model.generate(
+        encoded["input_ids"],
+        attention_mask=encoded["attention_mask"],
+        generation_config=config,
+        generator=torch.Generator().manual_seed(0),
+    )
+    expected = generate(
+        model,
+        encoded["input_ids"],
+        attention_mask=encoded["attention_mask"],
+        config=config,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert out.shape == (2, encoded["input_ids"].shape[1] + 8)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert torch.equal(out[:, : encoded["input_ids"].shape[1]], encoded["input_ids"])
+    assert not (out == tokenizer.mask_token_id).any()  # the tiny tokenizer's mask id, resolved from the config
+    greedy = model.generate(
+        encoded["input_ids"], attention_mask=encoded["attention_mask"], gen_length=4, steps=4, block_length=4
+    )
+    assert greedy.shape[1] == encoded["input_ids"].shape[1] + 4
+    with pytest.raises(TypeError, match="DiffusionGenerationConfig"):
+        model.generate(encoded["input_ids"], generation_config=GenerationConfig(max_new_tokens=4))

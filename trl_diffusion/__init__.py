@@ -21,6 +21,8 @@ _LAZY_ATTRS = {
     "DreamConfig": "trl_diffusion.models.dream",
     "DreamModel": "trl_diffusion.models.dream",
     "DreamForMaskedDiffusion": "trl_diffusion.models.dream",
+    "DiffusionGenerationConfig": "trl_diffusion.sampling",
+    "generate": "trl_diffusion.sampling",
 }
 
 __all__ = ["__version__", *_LAZY_ATTRS]

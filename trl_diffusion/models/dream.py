@@ -13,6 +13,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
+from transformers.modeling_utils import slice_logits_to_keep
 
 from trl_diffusion.models.bidirectional import BidirectionalAttentionMixin, RMSNorm, bidirectional_backbone_forward
 from trl_diffusion.models.generation import DiffusionGenerateMixin
@@ -239,6 +240,7 @@ class DreamForMaskedDiffusion(DiffusionGenerateMixin, DreamPreTrainedModel, Gene
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutput:
         """
@@ -252,7 +254,10 @@ class DreamForMaskedDiffusion(DiffusionGenerateMixin, DreamPreTrainedModel, Gene
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
-        logits = self.lm_head(outputs.last_hidden_state)  # (B, L, V)
+        if labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            raise ValueError("`labels` need the logits of every position: do not pass `logits_to_keep` with them.")
+        # (B, K, V): `logits_to_keep` (int: the last K positions; tensor: those positions) skips the head elsewhere
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
             shifted = logits[:, :-1].flatten(0, 1).float()  # (B * (L - 1), V): position i - 1 predicts token i

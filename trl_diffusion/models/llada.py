@@ -28,6 +28,7 @@ from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
+from transformers.modeling_utils import slice_logits_to_keep
 
 from trl_diffusion.models.bidirectional import (
     BidirectionalAttentionMixin,
@@ -278,6 +279,7 @@ class LLaDAForMaskedDiffusion(DiffusionGenerateMixin, LLaDAPreTrainedModel, Gene
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutput:
         """
@@ -292,7 +294,10 @@ class LLaDAForMaskedDiffusion(DiffusionGenerateMixin, LLaDAPreTrainedModel, Gene
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
-        logits = self.lm_head(outputs.last_hidden_state)  # (B, L, V)
+        if labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            raise ValueError("`labels` need the logits of every position: do not pass `logits_to_keep` with them.")
+        # (B, K, V): `logits_to_keep` (int: the last K positions; tensor: those positions) skips the head elsewhere
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
