@@ -146,6 +146,7 @@ def test_eval_cli_writes_json_and_table(long_context_model_path, tmp_path, capsy
             s for s in results["samples"] if (s["task"], s["gen_length"]) == (entry["task"], entry["gen_length"])
         ]
         assert entry["num_samples"] == 3
+        assert (entry["block_length"], entry["steps"]) == (8, 4)
         assert entry["score"] == pytest.approx(100 * sum(s["score"] for s in samples) / len(samples))
     for sample in results["samples"]:
         assert sample["completion"].startswith("<reasoning>")

@@ -380,7 +380,9 @@ def evaluate_models(config: EvalConfig, accelerator=None) -> dict:
             for gen_length in config.gen_lengths:
                 start = time.perf_counter()
                 records = evaluate_task(model, tokenizer, task, dataset, gen_length, config, accelerator)
+                generation = config.generation_config(gen_length)
                 entry = {"model": label, "task": name, "gen_length": gen_length, **summarize(records)}
+                entry.update(block_length=generation.block_length, steps=generation.steps)
                 entry["seconds"] = time.perf_counter() - start
                 summary.append(entry)
                 samples += [{"model": label, "task": name, "gen_length": gen_length, **r} for r in records]
