@@ -83,6 +83,7 @@ def test_math_reward_accepts_equivalent_forms(completion, gold):
         ("", "72"),
         (wrap("(((((((((("), "1"),
         (wrap("<answer>" * 50), "1"),
+        (wrap("1" + " + 0" * 100), "1"),  # equal to 1, but longer than MAX_ANSWER_CHARS: not parsed at all
         ([{"role": "assistant"}], "1"),
     ],
 )

@@ -4,6 +4,7 @@ d1's GSM8K reward compares strings exactly (`"0.5" != "1/2"`, `"1,000" != "1000"
 model's final answer are both parsed to sympy by `math-verify` and compared symbolically (`\frac{1}{2}` == `0.5`).
 """
 
+import functools
 import logging
 import threading
 
@@ -15,6 +16,9 @@ from trl_diffusion.rewards.text import completion_text, final_answer
 logger = logging.getLogger(__name__)
 
 _EXTRACTION = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
+# Final answers of GSM8K / MATH fit in far fewer characters; longer ones are scored 0 without parsing, so that
+# degenerate completions cannot make every reward call wait for math-verify's timeout.
+MAX_ANSWER_CHARS = 300
 
 
 def _timeouts() -> tuple[int | None, int | None]:
@@ -31,6 +35,12 @@ def _parse_boxed(value: str, parsing_timeout: int | None) -> list:
     return parse(value, extraction_config=_EXTRACTION, parsing_timeout=parsing_timeout)
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_gold(answer: str, parsing_timeout: int | None) -> tuple:
+    # GRPO scores each prompt's gold answer once per generation: parse it once.
+    return tuple(_parse_boxed(answer, parsing_timeout))
+
+
 def is_correct(completion: str, answer: str) -> bool | None:
     """
     Whether the final answer stated in `completion` (see [`~trl_diffusion.rewards.text.final_answer`]) equals the
@@ -38,14 +48,14 @@ def is_correct(completion: str, answer: str) -> bool | None:
     """
     parsing_timeout, verify_timeout = _timeouts()
     try:
-        gold = _parse_boxed(str(answer).strip(), parsing_timeout)
+        gold = list(_parse_gold(str(answer).strip(), parsing_timeout))
     except Exception as error:  # a gold answer math-verify cannot read: skip the sample rather than crash training
         logger.warning("math-verify cannot parse the gold answer %r: %s", answer, error)
         return None
     if not gold:
         return None
     predicted = final_answer(completion)
-    if not predicted:
+    if not predicted or len(predicted) > MAX_ANSWER_CHARS:
         return False
     try:
         if verify(gold, _parse_boxed(predicted, parsing_timeout), timeout_seconds=verify_timeout):
