@@ -255,7 +255,8 @@ def _propose(
     logits: torch.Tensor, mask_token_id: int, config: DiffusionGenerationConfig, generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    Proposals `x0` `(B, n)` and their confidences `(B, n)` for the `n` masked positions of the block.
+    Proposals `x0` `(B, n)` and their confidences `(B, n)` for the `n` masked positions of the block. The `logits`
+    buffer is consumed (overwritten in place).
 
     Random numbers, in this order when used (the documented noise source, so that a reference can replay it); slice
     `j` of row `b` belongs to the `j`-th masked column of the block from the left:
@@ -271,7 +272,7 @@ def _propose(
     """
     device = logits.device
     if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
+        logits = logits.float()  # (B, n, V); overwritten below, like the model's output
     top, x0 = logits.max(dim=-1)  # (B, n)
     if config.temperature > 0:
         gumbel = _uniform(logits.shape, generator, device)  # (B, n, V) float64 u
@@ -286,9 +287,9 @@ def _propose(
             masked[..., mask_token_id] = -math.inf
             x0 = torch.where(proposes_mask, masked.argmax(dim=-1), x0)
     if config.remasking == "low_confidence":
-        shifted = logits - top.unsqueeze(-1)  # (B, n, V), <= 0
-        total = shifted.exp_().sum(dim=-1)  # (B, n), >= 1
         chosen = logits.gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (B, n)
+        # in place: the logits are not needed any more, and a fresh (B, n, V) buffer costs more than the arithmetic
+        total = logits.sub_(top.unsqueeze(-1)).exp_().sum(dim=-1)  # (B, n), >= 1
         confidence = torch.exp((chosen - top).to(torch.float64)) / total.to(torch.float64)
     else:
         confidence = _uniform(x0.shape, generator, device)  # (B, n)
