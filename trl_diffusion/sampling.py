@@ -16,10 +16,21 @@ as used by d1 (arXiv 2504.12216):
 5. Classifier-free guidance (LLaDA Eq. 16) runs a second pass with the prompt masked and combines
    `un + (cfg_scale + 1) * (cond - un)`.
 
-Differences from the reference code, all on purpose: left-padded prompts get an attention mask and position ids
-counting real tokens (so a row's output cannot depend on its batch), the mask id and the logit shift come from the
-model spec, the Gumbel noise is always float64, softmax / argmax run on the current block only, and randomness only
-comes from an explicit `torch.Generator` (or a seed).
+Differences from the reference code, all on purpose:
+
+- left-padded prompts get an attention mask and position ids counting real tokens, so a row's output cannot depend
+  on which prompts share its batch;
+- the mask id and the logit shift (Dream) come from the model spec instead of being hard-coded;
+- the Gumbel noise is always float64, drawn only for the masks left in the current block, and randomness only
+  comes from an explicit `torch.Generator` (or a seed), never from the global RNG;
+- logits, argmax and confidences are computed only for the masks left in the current block (the reference
+  computes them for the whole sequence and then discards them with `-inf`), through `logits_to_keep` when the
+  model supports it; the normaliser of the confidence is summed in float32 (see `_propose`);
+- `[MASK]` is never proposed as an answer token (the reference can write it back and return masks).
+
+Every call makes exactly `steps` model calls (twice that with guidance) whatever the data, so ranks of a
+ZeRO-3 job without parameter gathering stay in lockstep. A per-step function (`_denoise_step`) holds the
+update so that cached or threshold-based decoding can replace it.
 """
 
 import dataclasses
