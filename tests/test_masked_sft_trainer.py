@@ -404,7 +404,9 @@ def test_contract_trl_methods_overridden_or_relied_on():
     assert "_loss_shifts_labels" in count_source and "model_accepts_loss_kwargs" in count_source
     assert "loss_is_scaled_for_ga" in inspect.getsource(Trainer.training_step)
     assert hasattr(Trainer, "loss_is_scaled_for_ga")
-    assert "add_fused_lm_head" in inspect.getsource(SFTTrainer.__init__)
+    # the fused head SFTTrainer installs must compute the entropy and top-1 flags the masked metrics read
+    init_source = inspect.getsource(SFTTrainer.__init__)
+    assert "add_fused_lm_head" in init_source and '"entropy"' in init_source and '"is_top1"' in init_source
     assert params(add_fused_lm_head)[:1] == ["model"]
     assert params(DataCollatorForLanguageModeling.torch_call) == ["self", "examples"]
 
