@@ -14,7 +14,7 @@ import trl_diffusion
 import trl_diffusion.trainer.masked_sft_trainer as trainer_module
 from trl_diffusion import MaskedSFTConfig, MaskedSFTTrainer
 from trl_diffusion.masking import mask_response_tokens
-from trl_diffusion.testing import tiny_standin_model
+from trl_diffusion.testing import tiny_dream_model, tiny_llada_model, tiny_standin_model
 
 
 def make_args(tmp_path, **kwargs):
@@ -206,10 +206,14 @@ def reference_llada_sft_loss(model, batch, noisy, ratio, logit_shift):
     return torch.stack(row_losses).mean()
 
 
-@pytest.mark.parametrize("logit_shift", [False, True])
-def test_loss_matches_per_row_reference(tmp_path, tokenizer, monkeypatch, logit_shift):
-    model = tiny_standin_model(tokenizer, seed=3)
-    model.config.diffusion_logit_shift = logit_shift  # read by get_model_spec for families without an entry
+@pytest.mark.parametrize(
+    "factory, logit_shift",
+    [(tiny_standin_model, False), (tiny_standin_model, True), (tiny_llada_model, False), (tiny_dream_model, True)],
+)
+def test_loss_matches_per_row_reference(tmp_path, tokenizer, monkeypatch, factory, logit_shift):
+    model = factory(tokenizer, seed=3)
+    if factory is tiny_standin_model:
+        model.config.diffusion_logit_shift = logit_shift  # read by get_model_spec for families without an entry
     # odd lengths and mixed prompt lengths; one prompt-less plain-text row would change the answer length with the
     # logit shift, so the prompt-completion format is used
     data = Dataset.from_dict({"prompt": ["123+45=", "6=", "77+1=", "9+9+9="], "completion": ["168", "6", "78", "27"]})
