@@ -434,12 +434,21 @@ def test_config_validation(tmp_path, overrides, message):
 
 
 def test_sampler_config_travels_from_trainer_config(tmp_path, standin_model_path):
-    config = make_config(tmp_path, temperature=0.5, cfg_scale=0.5, diffusion_generation_kwargs={"remasking": "random"})
+    config = make_config(
+        tmp_path,
+        temperature=0.5,
+        cfg_scale=0.5,
+        remasking="random",
+        diffusion_generation_kwargs={"show_progress": True},
+    )
     trainer = DiffuGRPOTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
     generation = trainer.diffusion_generation_config
     assert (generation.gen_length, generation.block_length, generation.steps) == (8, 4, 4)
     assert (generation.temperature, generation.cfg_scale, generation.remasking) == (0.5, 0.5, "random")
-    assert generation.mask_token_id == 2 and 1 in generation.eos_token_id
+    assert generation.mask_token_id == 2 and 1 in generation.eos_token_id and generation.show_progress
     config.diffusion_generation_kwargs = {"no_such_option": 1}
     with pytest.raises(ValueError, match="no_such_option"):
+        trainer._build_generation_config(config)
+    config.diffusion_generation_kwargs = {"gen_length": 16}
+    with pytest.raises(ValueError, match="max_completion_length"):
         trainer._build_generation_config(config)
