@@ -165,8 +165,8 @@ class DiffuGRPOTrainer(GRPOTrainer):
         derived = sorted(set(extra) & set(_DEDICATED_FIELDS))
         if derived:
             raise ValueError(
-                f"`diffusion_generation_kwargs` sets {derived}, which the trainer derives from "
-                f"{[_DEDICATED_FIELDS[name] for name in derived]} instead."
+                f"`diffusion_generation_kwargs` may not set {derived}: they come from the config fields "
+                f"{[_DEDICATED_FIELDS[name] for name in derived]}; set those instead."
             )
         values = {
             "gen_length": args.max_completion_length,
