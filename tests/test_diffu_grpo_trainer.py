@@ -452,3 +452,41 @@ def test_sampler_config_travels_from_trainer_config(tmp_path, standin_model_path
     config.diffusion_generation_kwargs = {"gen_length": 16}
     with pytest.raises(ValueError, match="max_completion_length"):
         trainer._build_generation_config(config)
+
+
+def test_scoring_follows_the_model_spec_logit_shift(tmp_path, tokenizer):
+    from transformers import AutoConfig
+
+    from trl_diffusion.likelihood import one_step_per_token_logps
+    from trl_diffusion.testing import save_tiny_model
+
+    # a Dream-like model: the prediction for position i is read at i - 1
+    path = save_tiny_model(tmp_path / "shifted", tokenizer=tokenizer, num_layers=1)
+    config = AutoConfig.from_pretrained(path)
+    config.diffusion_logit_shift = True
+    config.save_pretrained(path)
+    trainer = DiffuGRPOTrainer(path, reward_char_sum, args=make_config(tmp_path), train_dataset=prompts_dataset())
+    assert trainer.diffusion_spec.logit_shift and trainer.diffusion_generation_config.logit_shift
+    trainer.model.train()
+    output = trainer._generate_and_score_completions([trainer.train_dataset[1]] * 4)
+    input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+    attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+    seeds = output["mask_seeds"][:, 0]
+    with torch.no_grad(), trainer._mask_seeds(seeds):
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, input_ids, attention_mask, output["completion_ids"].size(1)
+        )
+    for shift, should_match in ((True, True), (False, False)):
+        with torch.no_grad():
+            expected, _ = one_step_per_token_logps(
+                trainer.model,
+                output["prompt_ids"],
+                output["prompt_mask"],
+                output["completion_ids"],
+                seeds,
+                mask_token_id=2,
+                p_mask_prompt=0.15,
+                logit_shift=shift,
+                num_masked_slots=8,
+            )
+        assert torch.allclose(logps, expected, atol=1e-5) == should_match
