@@ -11,6 +11,9 @@ from trl_diffusion import DiffuGRPOConfig, DiffuGRPOTrainer
 
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
 
+# Tiny models, many small ops: one intra-op thread is much faster on a loaded machine.
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def reward_char_sum(completions, **kwargs):
     """Deterministic reward that varies between completions (so advantages are non-zero)."""
@@ -490,3 +493,34 @@ def test_scoring_follows_the_model_spec_logit_shift(tmp_path, tokenizer):
                 num_masked_slots=8,
             )
         assert torch.allclose(logps, expected, atol=1e-5) == should_match
+
+
+@pytest.mark.parametrize(("kind", "peft"), [("llada", False), ("llada", True), ("dream", False), ("dream", True)])
+def test_native_llada_and_dream(tmp_path, tokenizer, kind, peft):
+    from peft import LoraConfig
+
+    import trl_diffusion
+    from trl_diffusion.testing import save_tiny_model
+
+    path = save_tiny_model(tmp_path / kind, kind=kind, tokenizer=tokenizer)
+    model_class = {"llada": trl_diffusion.LLaDAForMaskedDiffusion, "dream": trl_diffusion.DreamForMaskedDiffusion}[
+        kind
+    ]
+    # KL only with PEFT (reference = adapter disabled): TRL rebuilds a full reference with `create_model_from_path`,
+    # which reads `config.auto_map`, an attribute the native configs do not define yet.
+    config = make_config(tmp_path, num_iterations=2, steps_per_generation=1, max_steps=2, beta=0.04 if peft else 0.0)
+    trainer = TracedTrainer(
+        model_class.from_pretrained(path),
+        reward_char_sum,
+        args=config,
+        train_dataset=prompts_dataset(),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear") if peft else None,
+    )
+    assert trainer.diffusion_spec.logit_shift == (kind == "dream")
+    before = trainable_snapshot(trainer)
+    trainer.train()
+    assert_all_changed(trainer, before)
+    first, loss = trainer.trace["scoring"][0], trainer.trace["loss"][0]
+    assert torch.equal(first["logps"], loss["old_per_token_logps"][:, 0])
+    if peft:
+        assert first_logged(trainer, "kl") == 0.0
