@@ -11,6 +11,9 @@ from trl_diffusion import DiffuGRPOConfig, DiffuGRPOTrainer
 
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
 
+# Tiny models, many small ops: one intra-op thread is much faster on a loaded machine.
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def reward_char_sum(completions, **kwargs):
     """Deterministic reward that varies between completions (so advantages are non-zero)."""
@@ -261,32 +264,17 @@ def test_beta_with_reference_model(tmp_path, standin_model_path, num_iterations,
 # --- every loss type ---
 
 
-@pytest.fixture(scope="module")
-def trainer_with_batch(tmp_path_factory, standin_model_path):
-    """A trainer (num_iterations 2, beta > 0) and one micro-batch out of TRL's buffering, shuffle and split."""
-    config = make_config(tmp_path_factory.mktemp("losses"), num_iterations=2, beta=0.04)
-    trainer = DiffuGRPOTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
-    trainer.model.train()
-    inputs = trainer._prepare_inputs([trainer.train_dataset[0]] * 4)
-    trainer.current_gradient_accumulation_steps = 1  # set by the training loop otherwise
-    return trainer, inputs
-
-
 @pytest.mark.parametrize(
     ("loss_type", "level"), [(loss, "token") for loss in LOSS_TYPES] + [("grpo", "sequence"), ("dapo", "sequence")]
 )
-def test_every_loss_type_gives_every_parameter_a_gradient(trainer_with_batch, loss_type, level):
-    # TRL's loss path (`compute_loss`) with each loss type on the same batch: every trainable parameter gets a
-    # non-zero gradient, so the optimizer step moves it. Full `train()` runs are covered by the other tests.
-    trainer, inputs = trainer_with_batch
-    trainer.loss_type, trainer.importance_sampling_level = loss_type, level
-    trainer.model.zero_grad()
-    loss = trainer.compute_loss(trainer.model, inputs)
-    assert torch.isfinite(loss)
-    loss.backward()
-    params = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
-    no_gradient = [n for n, p in params if p.grad is None or not p.grad.any()]
-    assert params and not no_gradient, f"no gradient for {no_gradient}"
+def test_every_loss_type_trains_every_parameter(tmp_path, standin_model_path, loss_type, level):
+    # num_iterations 2: old log-probs come from generation time and the loss sees inner iteration 0
+    config = make_config(tmp_path, loss_type=loss_type, importance_sampling_level=level, num_iterations=2)
+    trainer = DiffuGRPOTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
+    before = trainable_snapshot(trainer)
+    trainer.train()
+    assert_all_changed(trainer, before)
+    assert np.isfinite(first_logged(trainer, "loss"))
 
 
 # --- randomness, determinism, resumption ---
@@ -434,12 +422,90 @@ def test_config_validation(tmp_path, overrides, message):
 
 
 def test_sampler_config_travels_from_trainer_config(tmp_path, standin_model_path):
-    config = make_config(tmp_path, temperature=0.5, cfg_scale=0.5, diffusion_generation_kwargs={"remasking": "random"})
+    config = make_config(
+        tmp_path,
+        temperature=0.5,
+        cfg_scale=0.5,
+        remasking="random",
+        diffusion_generation_kwargs={"show_progress": True},
+    )
     trainer = DiffuGRPOTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
     generation = trainer.diffusion_generation_config
     assert (generation.gen_length, generation.block_length, generation.steps) == (8, 4, 4)
     assert (generation.temperature, generation.cfg_scale, generation.remasking) == (0.5, 0.5, "random")
-    assert generation.mask_token_id == 2 and 1 in generation.eos_token_id
+    assert generation.mask_token_id == 2 and 1 in generation.eos_token_id and generation.show_progress
     config.diffusion_generation_kwargs = {"no_such_option": 1}
     with pytest.raises(ValueError, match="no_such_option"):
         trainer._build_generation_config(config)
+    config.diffusion_generation_kwargs = {"gen_length": 16}
+    with pytest.raises(ValueError, match="max_completion_length"):
+        trainer._build_generation_config(config)
+
+
+def test_scoring_follows_the_model_spec_logit_shift(tmp_path, tokenizer):
+    from transformers import AutoConfig
+
+    from trl_diffusion.likelihood import one_step_per_token_logps
+    from trl_diffusion.testing import save_tiny_model
+
+    # a Dream-like model: the prediction for position i is read at i - 1
+    path = save_tiny_model(tmp_path / "shifted", tokenizer=tokenizer, num_layers=1)
+    config = AutoConfig.from_pretrained(path)
+    config.diffusion_logit_shift = True
+    config.save_pretrained(path)
+    trainer = DiffuGRPOTrainer(path, reward_char_sum, args=make_config(tmp_path), train_dataset=prompts_dataset())
+    assert trainer.diffusion_spec.logit_shift and trainer.diffusion_generation_config.logit_shift
+    trainer.model.train()
+    output = trainer._generate_and_score_completions([trainer.train_dataset[1]] * 4)
+    input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+    attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+    seeds = output["mask_seeds"][:, 0]
+    with torch.no_grad(), trainer._mask_seeds(seeds):
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, input_ids, attention_mask, output["completion_ids"].size(1)
+        )
+    for shift, should_match in ((True, True), (False, False)):
+        with torch.no_grad():
+            expected, _ = one_step_per_token_logps(
+                trainer.model,
+                output["prompt_ids"],
+                output["prompt_mask"],
+                output["completion_ids"],
+                seeds,
+                mask_token_id=2,
+                p_mask_prompt=0.15,
+                logit_shift=shift,
+                num_masked_slots=8,
+            )
+        assert torch.allclose(logps, expected, atol=1e-5) == should_match
+
+
+@pytest.mark.parametrize(("kind", "peft"), [("llada", False), ("llada", True), ("dream", False), ("dream", True)])
+def test_native_llada_and_dream(tmp_path, tokenizer, kind, peft):
+    from peft import LoraConfig
+
+    import trl_diffusion
+    from trl_diffusion.testing import save_tiny_model
+
+    path = save_tiny_model(tmp_path / kind, kind=kind, tokenizer=tokenizer)
+    model_class = {"llada": trl_diffusion.LLaDAForMaskedDiffusion, "dream": trl_diffusion.DreamForMaskedDiffusion}[
+        kind
+    ]
+    # KL only with PEFT (reference = adapter disabled): TRL rebuilds a full reference with `create_model_from_path`,
+    # which reads `config.auto_map`, an attribute the native configs do not define yet.
+    config = make_config(tmp_path, num_iterations=2, steps_per_generation=1, max_steps=2, beta=0.04 if peft else 0.0)
+    trainer = TracedTrainer(
+        model_class.from_pretrained(path),
+        reward_char_sum,
+        args=config,
+        train_dataset=prompts_dataset(),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear") if peft else None,
+    )
+    assert trainer.diffusion_spec.logit_shift == (kind == "dream")
+    before = trainable_snapshot(trainer)
+    trainer.train()
+    assert_all_changed(trainer, before)
+    first, loss = trainer.trace["scoring"][0], trainer.trace["loss"][0]
+    assert torch.equal(first["logps"], loss["old_per_token_logps"][:, 0])
+    if peft:
+        assert first_logged(trainer, "kl") == 0.0
