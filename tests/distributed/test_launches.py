@@ -52,7 +52,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def launch_environment(use_cpu=True):
+def launch_environment(use_cpu):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
@@ -104,7 +104,7 @@ def reference(tmp_path_factory, model_path):
             out = tmp_path_factory.mktemp(f"{trainer}-single")
             command = [sys.executable, str(SCRIPT), "--trainer", trainer, "--expect", "single"]
             command += ["--model", model_path, "--output-dir", str(out)]
-            run(command, launch_environment(), out / "log.txt")
+            run(command, launch_environment(use_cpu=True), out / "log.txt")
             report = json.loads((out / "rank0.json").read_text())
             assert (report["world_size"], report["engine"]) == (1, "none")
             # The comparison is meaningful only if training moved the weights far more than the tolerance.
@@ -155,7 +155,8 @@ def test_two_process_launch(tmp_path, model_path, reference, trainer, setup, gat
     command += ["--reference", str(reference(trainer)), "--atol", str(ATOL)]
     if gather is not None:
         command += ["--ds3-gather-for-generation", gather]
-    run(command, launch_environment(), tmp_path / "log.txt")
+    # ACCELERATE_USE_CPU=1 only for DDP: beside a DeepSpeed config it silently turns the launch into DDP.
+    run(command, launch_environment(use_cpu=setup == "ddp"), tmp_path / "log.txt")
     check_reports(tmp_path, setup)
     # Rank 0's saved weights are the checked ones.
     weights = torch.load(tmp_path / "weights.pt", weights_only=True)
