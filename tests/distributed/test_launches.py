@@ -15,9 +15,10 @@ that differ by <= 1e-6 relative (see `build_trainer` in train_and_check.py). Mea
 averaged with the wrong factor moves weights by about the size of the training change itself (>= 0.3 here;
 asserted below to be at least 1000 x ATOL).
 
-The launches are serialised in one pytest-xdist group (`--dist loadgroup`) and each uses its own free port, so
-they neither compete for ports nor for the two cores with each other. DeepSpeed's CPU communication op is built
-once into `TORCH_EXTENSIONS_DIR` (about a minute with g++) by the first DeepSpeed launch.
+Launches may run concurrently in two pytest-xdist workers: each uses its own free port and output directory, the
+tiny model and the one-process references are built once per session under file locks, and DeepSpeed's CPU
+communication op is built once into `TORCH_EXTENSIONS_DIR` (about a minute with g++; torch's extension builder
+locks the directory). The `xdist_group` mark serialises them where `--dist loadgroup` is honoured.
 """
 
 import importlib.util
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from trl_diffusion.testing import save_tiny_model
 
@@ -89,28 +91,42 @@ def run(command, env, log_path):
         pytest.fail(f"{' '.join(map(str, command))} exited {completed.returncode}; log tail:\n{tail}")
 
 
+def shared_directory(tmp_path_factory):
+    """A directory shared by all pytest-xdist workers of the session (the session's own one without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "distributed-launches"
+    root.mkdir(exist_ok=True)
+    return root
+
+
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("dist-model"))
+    root = shared_directory(tmp_path_factory)
+    with FileLock(str(root / "model.lock")):
+        if not (root / "model" / "config.json").exists():
+            save_tiny_model(root / "model")
+    return str(root / "model")
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, model_path):
-    """Final weights of the one-process run of each trainer's recipe, computed once (lazily) per module."""
-    cache = {}
+    """Final weights of the one-process run of each trainer's recipe, computed once per session (under a lock, so
+    pytest-xdist workers that both run launches share it)."""
+    root = shared_directory(tmp_path_factory)
 
     def get(trainer):
-        if trainer not in cache:
-            out = tmp_path_factory.mktemp(f"{trainer}-single")
-            command = [sys.executable, str(SCRIPT), "--trainer", trainer, "--expect", "single"]
-            command += ["--model", model_path, "--output-dir", str(out)]
-            run(command, launch_environment(use_cpu=True), out / "log.txt")
-            report = json.loads((out / "rank0.json").read_text())
-            assert (report["world_size"], report["engine"]) == (1, "none")
-            # The comparison is meaningful only if training moved the weights far more than the tolerance.
-            assert report["max_abs_change_from_initial"] >= 1000 * ATOL
-            cache[trainer] = out / "weights.pt"
-        return cache[trainer]
+        out = root / f"{trainer}-single"
+        with FileLock(str(root / f"{trainer}-single.lock")):
+            if not (out / "weights.pt").exists():
+                out.mkdir(exist_ok=True)
+                command = [sys.executable, str(SCRIPT), "--trainer", trainer, "--expect", "single"]
+                command += ["--model", model_path, "--output-dir", str(out)]
+                run(command, launch_environment(use_cpu=True), out / "log.txt")
+        report = json.loads((out / "rank0.json").read_text())
+        assert (report["world_size"], report["engine"]) == (1, "none")
+        # The comparison is meaningful only if training moved the weights far more than the tolerance.
+        assert report["max_abs_change_from_initial"] >= 1000 * ATOL
+        return out / "weights.pt"
 
     return get
 
@@ -183,20 +199,21 @@ requires_two_gpus = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def bf16_reference(tmp_path_factory, model_path):
-    cache = {}
+    root = shared_directory(tmp_path_factory)
 
     def get(trainer):
-        if trainer not in cache:
-            out = tmp_path_factory.mktemp(f"{trainer}-single-bf16")
-            command = [sys.executable, str(SCRIPT), "--trainer", trainer, "--expect", "single", "--bf16"]
-            command += ["--model", model_path, "--output-dir", str(out)]
-            env = launch_environment(use_cpu=False)
-            env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
-            run(command, env, out / "log.txt")
-            report = json.loads((out / "rank0.json").read_text())
-            assert report["max_abs_change_from_initial"] >= 10 * ATOL_BF16
-            cache[trainer] = out / "weights.pt"
-        return cache[trainer]
+        out = root / f"{trainer}-single-bf16"
+        with FileLock(str(root / f"{trainer}-single-bf16.lock")):
+            if not (out / "weights.pt").exists():
+                out.mkdir(exist_ok=True)
+                command = [sys.executable, str(SCRIPT), "--trainer", trainer, "--expect", "single", "--bf16"]
+                command += ["--model", model_path, "--output-dir", str(out)]
+                env = launch_environment(use_cpu=False)
+                env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+                run(command, env, out / "log.txt")
+        report = json.loads((out / "rank0.json").read_text())
+        assert report["max_abs_change_from_initial"] >= 10 * ATOL_BF16
+        return out / "weights.pt"
 
     return get
 
