@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers.modeling_utils import slice_logits_to_keep
 
 from trl_diffusion.sampling import DiffusionGenerationConfig, generate
 from trl_diffusion.testing import tiny_standin_model
 
 
 MASK_ID = 2  # `<|mdm_mask|>` of the testing tokenizer
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class ContextHead(torch.nn.Module):
@@ -40,20 +42,7 @@ class ContextHead(torch.nn.Module):
         following = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)  # (B, L)
         logits = logits + self.left[previous] + self.right[following]
         logits[..., MASK_ID] = -1e4
-        if isinstance(logits_to_keep, torch.Tensor):
-            logits = logits[:, logits_to_keep]
-        elif logits_to_keep:
-            logits = logits[:, -logits_to_keep:]
-        return types.SimpleNamespace(logits=logits)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # Many tiny ops: on a loaded 2-core machine intra-op threads spin-wait for each other and run ~40x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+        return types.SimpleNamespace(logits=slice_logits_to_keep(logits, logits_to_keep))
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +60,10 @@ def reference_generate(
 ):
     """
     LLaDA's `generate.py` written out plainly (whole-sequence logits and softmax, per-row top-k), with the package's
-    documented noise source replayed: per step a float64 uniform (B, block_length, V) for the Gumbel noise when
-    temperature > 0, then a float64 uniform (B, block_length) for random remasking; values outside the block are
-    never used by the reference so they are filled with constants.
+    documented noise source replayed: per step a float64 uniform (B, n, V) for the Gumbel noise when temperature > 0,
+    then a float64 uniform (B, n) for random remasking, where n is the number of masks left in the current block and
+    row j's i-th slice belongs to its i-th masked block column from the left; other positions never reach the
+    output in the reference (masked out or beyond the block), so they get constants.
     """
     batch, plen = prompt.shape
     x = torch.full((batch, plen + gen_length), mask_id, dtype=torch.long)
@@ -105,11 +95,14 @@ def reference_generate(
                 logits = model(input_ids=x).logits
                 if shift:
                     logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+            # replay of the documented noise: draws for the masked columns of the block, left to right
+            block_masked = [(x[j, lo:hi] == mask_id).nonzero().squeeze(-1) + lo for j in range(batch)]
+            n = len(block_masked[0])
             if temperature > 0:
                 noise = torch.full(logits.shape, 0.5, dtype=torch.float64)
-                noise[:, lo:hi] = torch.rand(
-                    (batch, block_length, logits.shape[-1]), dtype=torch.float64, generator=generator
-                )
+                draws = torch.rand((batch, n, logits.shape[-1]), dtype=torch.float64, generator=generator)
+                for j in range(batch):
+                    noise[j, block_masked[j]] = draws[j]
                 logits_with_noise = logits.to(torch.float64).exp() / (-torch.log(noise)) ** temperature
             else:
                 logits_with_noise = logits.to(torch.float64)
@@ -119,7 +112,9 @@ def reference_generate(
                 x0_p = torch.squeeze(torch.gather(p, dim=-1, index=torch.unsqueeze(x0, -1)), -1)
             else:
                 x0_p = torch.zeros(x0.shape, dtype=torch.float64)
-                x0_p[:, lo:hi] = torch.rand((batch, block_length), dtype=torch.float64, generator=generator)
+                draws = torch.rand((batch, n), dtype=torch.float64, generator=generator)
+                for j in range(batch):
+                    x0_p[j, block_masked[j]] = draws[j]
             x0_p[:, hi:] = -np.inf
             x0 = torch.where(mask_index, x0, x)
             confidence = torch.where(mask_index, x0_p, -np.inf)

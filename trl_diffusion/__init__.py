@@ -45,3 +45,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from trl_diffusion.models.dream import DreamConfig, DreamForMaskedDiffusion, DreamModel  # noqa: F401
     from trl_diffusion.models.llada import LLaDAConfig, LLaDAForMaskedDiffusion, LLaDAModel  # noqa: F401
     from trl_diffusion.models.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec  # noqa: F401
+    from trl_diffusion.sampling import DiffusionGenerationConfig, generate  # noqa: F401

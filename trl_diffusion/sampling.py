@@ -16,10 +16,21 @@ as used by d1 (arXiv 2504.12216):
 5. Classifier-free guidance (LLaDA Eq. 16) runs a second pass with the prompt masked and combines
    `un + (cfg_scale + 1) * (cond - un)`.
 
-Differences from the reference code, all on purpose: left-padded prompts get an attention mask and position ids
-counting real tokens (so a row's output cannot depend on its batch), the mask id and the logit shift come from the
-model spec, the Gumbel noise is always float64, softmax / argmax run on the current block only, and randomness only
-comes from an explicit `torch.Generator` (or a seed).
+Differences from the reference code, all on purpose:
+
+- left-padded prompts get an attention mask and position ids counting real tokens, so a row's output cannot depend
+  on which prompts share its batch;
+- the mask id and the logit shift (Dream) come from the model spec instead of being hard-coded;
+- the Gumbel noise is always float64, drawn only for the masks left in the current block, and randomness only
+  comes from an explicit `torch.Generator` (or a seed), never from the global RNG;
+- logits, argmax and confidences are computed only for the masks left in the current block (the reference
+  computes them for the whole sequence and then discards them with `-inf`), through `logits_to_keep` when the
+  model supports it; the normaliser of the confidence is summed in float32 (see `_propose`);
+- `[MASK]` is never proposed as an answer token (the reference can write it back and return masks).
+
+Every call makes exactly `steps` model calls (twice that with guidance) whatever the data, so ranks of a
+ZeRO-3 job without parameter gathering stay in lockstep. A per-step function (`_denoise_step`) holds the
+update so that cached or threshold-based decoding can replace it.
 """
 
 import dataclasses
@@ -208,12 +219,14 @@ def _max_length(model) -> int | None:
     return None
 
 
-class _BlockForward:
+class _MaskedForward:
     """
-    Runs the model and returns the logits that predict the columns `[start, end)` of the current block.
+    Runs the model and returns the logits that predict given columns of `x` (the masks left in the current block).
 
     With `logit_shift` the prediction for column `i` is read at `i - 1` (Dream). When the model's forward takes
-    `logits_to_keep` (transformers causal LMs), only those rows go through the LM head.
+    `logits_to_keep` (transformers semantics: a `(B, n)` tensor of positions, see
+    `transformers.modeling_utils.slice_logits_to_keep`) only those rows go through the LM head; otherwise they are
+    gathered from the full logits.
     """
 
     def __init__(self, model, attention_mask, position_ids, shift: int):
@@ -224,25 +237,24 @@ class _BlockForward:
         parameters = _forward_parameters(model)
         self.keep = "logits_to_keep" in parameters
         self.extra = {"use_cache": False} if "use_cache" in parameters else {}
-        self.calls = 0
 
-    def __call__(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        lo, hi = start - self.shift, end - self.shift
+    def __call__(self, x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        read = columns - self.shift  # (B, n)
         kwargs = dict(self.extra)
         if self.keep:
-            kwargs["logits_to_keep"] = torch.arange(lo, hi, device=x.device)
+            kwargs["logits_to_keep"] = read
         logits = self.model(
             input_ids=x, attention_mask=self.attention_mask, position_ids=self.position_ids, **kwargs
         ).logits
-        self.calls += 1
-        if logits.shape[1] == x.shape[1]:
-            logits = logits[:, lo:hi]
-        elif logits.shape[1] != hi - lo:
-            raise ValueError(
-                f"The model returned logits of shape {tuple(logits.shape)} for inputs of shape {tuple(x.shape)}; "
-                "the sampler needs one row of logits per input position."
-            )
-        return logits  # (B, end - start, V)
+        if logits.shape[:2] == read.shape:
+            return logits  # (B, n, V)
+        if logits.shape[:2] == x.shape:
+            return torch.take_along_dim(logits, read.unsqueeze(-1), dim=1)  # (B, n, V)
+        raise ValueError(
+            f"The model returned logits of shape {tuple(logits.shape)} for inputs of shape {tuple(x.shape)}"
+            + (f" and logits_to_keep of shape {tuple(read.shape)}" if self.keep else "")
+            + "; the sampler needs (B, L, V) logits, or (B, n, V) for a (B, n) `logits_to_keep` of positions."
+        )
 
 
 def _uniform(shape, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -254,57 +266,66 @@ def _propose(
     logits: torch.Tensor, mask_token_id: int, config: DiffusionGenerationConfig, generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    Proposals `x0` and their confidences for every position of the block.
+    Proposals `x0` `(B, n)` and their confidences `(B, n)` for the `n` masked positions of the block. The `logits`
+    buffer is consumed (overwritten in place).
 
-    `[MASK]` itself is never proposed (the reference would write it back and leave masks in the answer); the
-    confidence is still the probability under the full softmax, as in the reference.
+    Random numbers, in this order when used (the documented noise source, so that a reference can replay it); slice
+    `j` of row `b` belongs to the `j`-th masked column of the block from the left:
+    1. `temperature > 0`: one float64 uniform tensor `u` of shape `(B, n, V)`; the proposal is
+       `argmax(logits - T * log(-log u))` in float64, which orders exactly like the reference's
+       `exp(logits) / (-log u) ** T` (LLaDA `add_gumbel_noise`) without overflowing.
+    2. `remasking="random"`: one float64 uniform tensor `(B, n)`, the confidences.
 
-    Random numbers, in this order when used (the documented noise source, so that a reference can replay it):
-    1. `temperature > 0`: one float64 uniform tensor `u` of the logits' shape `(B, block_length, V)`; the proposal is
-       `argmax(logits - T * log(-log u))` in float64, i.e. the reference's `exp(logits) / (-log u) ** T`
-       (LLaDA `add_gumbel_noise`) in log space, which orders the same without overflowing.
-    2. `remasking="random"`: one float64 uniform tensor `(B, block_length)`, the confidences.
+    `[MASK]` itself is never proposed (the reference would write it back and leave masks in the answer). The
+    `low_confidence` confidence is the softmax probability of the proposal under the un-noised logits, as in the
+    reference, computed as `exp(l[x0] - max) / sum(exp(l - max))` with float32 exponentials and sum (cascade
+    summation, ~1e-7 relative) instead of a float64 softmax over the vocabulary, which costs about 4x more.
     """
     device = logits.device
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # (B, n, V); overwritten below, like the model's output
+    top, x0 = logits.max(dim=-1)  # (B, n)
     if config.temperature > 0:
-        u = _uniform(logits.shape, generator, device)  # (B, Lb, V)
-        noisy = logits.to(torch.float64) - config.temperature * torch.log(-torch.log(u))
-        noisy[..., mask_token_id] = -math.inf
-        x0 = noisy.argmax(dim=-1)  # (B, Lb)
-        del noisy, u
+        gumbel = _uniform(logits.shape, generator, device)  # (B, n, V) float64 u
+        gumbel.log_().neg_().log_().mul_(-config.temperature).add_(logits)  # logits - T * log(-log u)
+        gumbel[..., mask_token_id] = -math.inf
+        x0 = gumbel.argmax(dim=-1)  # (B, n)
+        del gumbel
     else:
-        x0 = logits.argmax(dim=-1)  # (B, Lb)
         proposes_mask = x0 == mask_token_id
         if bool(proposes_mask.any()):  # rare: only then pay for a masked copy of the logits
             masked = logits.clone()
             masked[..., mask_token_id] = -math.inf
             x0 = torch.where(proposes_mask, masked.argmax(dim=-1), x0)
     if config.remasking == "low_confidence":
-        # softmax probability of the proposal, float64 as in the reference: exp(l[x0] - logsumexp(l))
-        logits64 = logits.to(torch.float64)
-        chosen = logits64.gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (B, Lb)
-        confidence = torch.exp(chosen - torch.logsumexp(logits64, dim=-1))  # (B, Lb)
+        chosen = logits.gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (B, n)
+        # in place: the logits are not needed any more, and a fresh (B, n, V) buffer costs more than the arithmetic
+        total = logits.sub_(top.unsqueeze(-1)).exp_().sum(dim=-1)  # (B, n), >= 1
+        confidence = torch.exp((chosen - top).to(torch.float64)) / total.to(torch.float64)
     else:
-        confidence = _uniform(x0.shape, generator, device)  # (B, Lb)
+        confidence = _uniform(x0.shape, generator, device)  # (B, n)
     return x0, confidence
 
 
 def _denoise_step(
-    x_block: torch.Tensor, logits: torch.Tensor, k: int, mask_token_id: int, config, generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+    x_block: torch.Tensor, logits: torch.Tensor, masked_columns: torch.Tensor, k: int, mask_token_id: int, config,
+    generator,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """
-    One reverse step on the current block: propose, rank masked positions by confidence, unmask the top `k` per row.
+    One reverse step on the current block: propose at the masked positions, unmask the `k` most confident per row.
 
-    Returns the new block `(B, Lb)` and the boolean transfer index `(B, Lb)`.
+    `x_block` is `(B, Lb)`, `logits` `(B, n, V)` for the block columns `masked_columns` `(B, n)` (relative to the
+    block). Positions that are not masked have confidence `-inf` in the reference, so ranking the masked ones only
+    selects the same top `k`. Returns the new block `(B, Lb)` and the boolean transfer index `(B, Lb)`.
     """
-    mask_index = x_block == mask_token_id  # (B, Lb)
-    x0, confidence = _propose(logits, mask_token_id, config, generator)
-    confidence = torch.where(mask_index, confidence, torch.full_like(confidence, -math.inf))
-    transfer_index = torch.zeros_like(mask_index)
+    x0, confidence = _propose(logits, mask_token_id, config, generator)  # (B, n), (B, n)
+    transfer_index = torch.zeros_like(x_block, dtype=torch.bool)
     if k > 0:
-        top = confidence.topk(k, dim=-1).indices  # (B, k)
-        transfer_index.scatter_(1, top, True)
-    return torch.where(transfer_index, x0, x_block), transfer_index
+        top = confidence.topk(k, dim=-1).indices  # (B, k) indices into the n masked columns
+        columns = masked_columns.gather(1, top)  # (B, k) block columns
+        transfer_index.scatter_(1, columns, True)
+        x_block = x_block.scatter(1, columns, x0.gather(1, top))
+    return x_block, transfer_index
 
 
 def _check_inputs(input_ids, attention_mask):
@@ -411,7 +432,7 @@ def generate(
     else:
         full_mask = None
         position_ids = torch.arange(total_length, device=device).unsqueeze(0).expand(batch_size, -1)
-    forward = _BlockForward(model, full_mask, position_ids, shift)
+    forward = _MaskedForward(model, full_mask, position_ids, shift)
 
     if config.cfg_scale > 0:
         # unconditional input (LLaDA Eq. 16): every real prompt token replaced by [MASK]
@@ -429,11 +450,21 @@ def generate(
             start = prompt_length + block * config.block_length
             end = start + config.block_length
             for step, k in enumerate(schedule):
-                logits = forward(x, start, end)  # (B, Lb, V)
+                x_block = x[:, start:end]  # (B, Lb)
+                # every row holds the same number n of masks in the block: each step unmasks exactly k per row
+                block_masks = x_block == mask_token_id  # (B, Lb)
+                counts = block_masks.sum(-1)
+                if bool((counts != counts[0]).any()):
+                    raise RuntimeError(f"Rows hold different numbers of masks in block {block}: {counts.tolist()}.")
+                masked_columns = block_masks.nonzero()[:, 1].reshape(batch_size, int(counts[0]))  # (B, n) row-major
+                columns = masked_columns + start  # (B, n) absolute
+                logits = forward(x, columns)  # (B, n, V)
                 if config.cfg_scale > 0:
-                    un_logits = forward(un_x, start, end)
+                    un_logits = forward(un_x, columns)
                     logits = un_logits + (config.cfg_scale + 1) * (logits - un_logits)
-                new_block, transfer_index = _denoise_step(x[:, start:end], logits, k, mask_token_id, config, generator)
+                new_block, transfer_index = _denoise_step(
+                    x_block, logits, masked_columns, k, mask_token_id, config, generator
+                )
                 x[:, start:end] = new_block
                 if config.cfg_scale > 0:
                     un_x[:, start:end] = new_block
