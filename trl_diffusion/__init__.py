@@ -15,6 +15,8 @@ _LAZY_ATTRS = {
     "DiffusionModelSpec": "trl_diffusion.models.spec",
     "MODEL_SPECS": "trl_diffusion.models.spec",
     "get_model_spec": "trl_diffusion.models.spec",
+    "MaskedSFTConfig": "trl_diffusion.trainer.masked_sft_config",
+    "MaskedSFTTrainer": "trl_diffusion.trainer.masked_sft_trainer",
     "LLaDAConfig": "trl_diffusion.models.llada",
     "LLaDAModel": "trl_diffusion.models.llada",
     "LLaDAForMaskedDiffusion": "trl_diffusion.models.llada",
@@ -46,3 +48,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from trl_diffusion.models.llada import LLaDAConfig, LLaDAForMaskedDiffusion, LLaDAModel  # noqa: F401
     from trl_diffusion.models.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec  # noqa: F401
     from trl_diffusion.sampling import DiffusionGenerationConfig, generate  # noqa: F401
+    from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig  # noqa: F401
+    from trl_diffusion.trainer.masked_sft_trainer import MaskedSFTTrainer  # noqa: F401
