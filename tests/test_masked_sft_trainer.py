@@ -153,8 +153,9 @@ def test_collated_batch_layout_prompt_never_masked_eos_padding_masked(tmp_path, 
         lambda module, a, kw: seen.append(kw["input_ids"].clone()), with_kwargs=True
     )
     trainer.model.train()
-    for _ in range(20):
-        trainer.compute_loss(trainer.model, {k: v.clone() for k, v in batch.items()})
+    with torch.no_grad():
+        for _ in range(20):
+            trainer.compute_loss(trainer.model, {k: v.clone() for k, v in batch.items()})
     handle.remove()
     response = batch["labels"] != -100
     eos_padding = response & (batch["input_ids"] == eos)
