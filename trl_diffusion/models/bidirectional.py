@@ -234,3 +234,17 @@ def bidirectional_backbone_forward(backbone, input_ids, attention_mask, position
         last_hidden_state=hidden_states,
         hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
     )
+
+
+def keep_logit_positions(hidden_states: torch.Tensor, logits_to_keep, labels) -> torch.Tensor:
+    """
+    The positions of `hidden_states` (B, L, D) the output head runs on, transformers' `logits_to_keep` convention:
+    `0` keeps all, an `int` `n` the last `n`, a 1-D index tensor those positions. Samplers need the logits of the
+    current block only, and the head over a 126k-token vocabulary costs more than a small backbone.
+    """
+    if isinstance(logits_to_keep, int) and logits_to_keep == 0:
+        return hidden_states
+    if labels is not None:
+        raise ValueError("`labels` needs the logits of every position; leave `logits_to_keep` at 0 with labels.")
+    index = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+    return hidden_states[:, index]

@@ -14,7 +14,12 @@ from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 
-from trl_diffusion.models.bidirectional import BidirectionalAttentionMixin, RMSNorm, bidirectional_backbone_forward
+from trl_diffusion.models.bidirectional import (
+    BidirectionalAttentionMixin,
+    RMSNorm,
+    bidirectional_backbone_forward,
+    keep_logit_positions,
+)
 from trl_diffusion.models.generation import DiffusionGenerateMixin
 
 
@@ -239,6 +244,7 @@ class DreamForMaskedDiffusion(DiffusionGenerateMixin, DreamPreTrainedModel, Gene
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutput:
         """
@@ -252,7 +258,8 @@ class DreamForMaskedDiffusion(DiffusionGenerateMixin, DreamPreTrainedModel, Gene
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
-        logits = self.lm_head(outputs.last_hidden_state)  # (B, L, V)
+        # (B, L, V); `logits_to_keep` (int: last n positions, or an index tensor) limits the head to some positions
+        logits = self.lm_head(keep_logit_positions(outputs.last_hidden_state, logits_to_keep, labels))
         loss = None
         if labels is not None:
             shifted = logits[:, :-1].flatten(0, 1).float()  # (B * (L - 1), V): position i - 1 predicts token i

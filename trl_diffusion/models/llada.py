@@ -33,6 +33,7 @@ from trl_diffusion.models.bidirectional import (
     BidirectionalAttentionMixin,
     RMSNorm,
     bidirectional_backbone_forward,
+    keep_logit_positions,
 )
 from trl_diffusion.models.generation import DiffusionGenerateMixin
 
@@ -278,6 +279,7 @@ class LLaDAForMaskedDiffusion(DiffusionGenerateMixin, LLaDAPreTrainedModel, Gene
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutput:
         """
@@ -292,7 +294,8 @@ class LLaDAForMaskedDiffusion(DiffusionGenerateMixin, LLaDAPreTrainedModel, Gene
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
-        logits = self.lm_head(outputs.last_hidden_state)  # (B, L, V)
+        # (B, L, V); `logits_to_keep` (int: last n positions, or an index tensor) limits the head to some positions
+        logits = self.lm_head(keep_logit_positions(outputs.last_hidden_state, logits_to_keep, labels))
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)

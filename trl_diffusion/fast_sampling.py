@@ -1,0 +1,213 @@
+"""Fast diffusion sampling: Fast-dLLM's block-wise key/value cache and confidence-aware parallel decoding.
+
+Fast-dLLM (Wu et al., 2025, arXiv 2505.22618) speeds up LLaDA's semi-autoregressive sampler in two independent ways,
+both selected through fields of [`~trl_diffusion.sampling.DiffusionGenerationConfig`]:
+
+- `cache="prefix"` / `"dual"` (Sec. 3.2): at the first step of each block a full forward pass records every layer's
+  keys and values ([`~trl_diffusion.cache.BlockKVCache`]); the remaining steps of the block run the model on the block
+  and the suffix (prefix cache) or on the block alone (dual cache) and reuse the recorded keys and values of the
+  other columns. This is an approximation: the reused keys and values are those of the block's first step.
+  `cache_refresh_interval=r` records again every `r` steps inside a block; `r=1` records at every step, and then the
+  computation is the exact sampler's.
+- `threshold=t` (Sec. 3.3, threshold rule): each step unmasks every masked position of the current block whose
+  confidence exceeds `t`; `factor=f` (the factor rule) unmasks the largest `n` most confident positions with
+  `(n + 1) * (1 - c_n) < f`, `c_n` being the `n`-th highest confidence. Either way a step unmasks at least as many
+  tokens as the exact sampler's schedule (LLaDA's linear schedule, and at least one), so a block never takes more
+  than `steps_per_block` steps, and it stops as soon as it has no mask left (see `early_stop` for the distributed
+  agreement that keeps ZeRO-3 ranks in step).
+
+Everything else (proposals, Gumbel noise, confidences, prompt handling, randomness) is the exact sampler's
+([`trl_diffusion.sampling`]); with `cache="none"` and no threshold that module runs its own loop.
+"""
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from trl_diffusion.cache import BlockKVCache
+
+
+def select_parallel(
+    confidence: torch.Tensor, num_masked: torch.Tensor, floor: int, threshold: float | None, factor: float | None
+) -> torch.Tensor:
+    """
+    Which block positions to unmask at one step of confidence-aware parallel decoding (Fast-dLLM, Sec. 3.3).
+
+    Args:
+        confidence (`torch.Tensor`): (B, Lb) confidences, `-inf` at positions that are not masked.
+        num_masked (`torch.Tensor`): (B,) masked positions per row.
+        floor (`int`): minimum number of positions to unmask per row (capped by `num_masked`).
+        threshold (`float` or `None`): unmask every position with confidence `> threshold`.
+        factor (`float` or `None`): unmask the `n` most confident positions for the largest `n` with
+            `(n + 1) * (1 - c_n) < factor` (`c_n`: `n`-th highest confidence, 1-based).
+
+    Returns:
+        `torch.BoolTensor` (B, Lb).
+    """
+    sorted_conf, order = confidence.sort(dim=-1, descending=True)  # (B, Lb), most confident first
+    rank = torch.arange(1, confidence.shape[-1] + 1, device=confidence.device)  # (Lb,) n = 1, 2, ...
+    if threshold is not None:
+        passes = sorted_conf > threshold  # (B, Lb)
+    else:
+        passes = (rank + 1) * (1 - sorted_conf) < factor  # (B, Lb); increasing in n, so a prefix passes
+    count = passes.long().cumprod(dim=-1).sum(dim=-1)  # (B,) length of the passing prefix
+    count = torch.minimum(count.clamp_min(floor), num_masked)  # (B,)
+    chosen_sorted = rank.unsqueeze(0) <= count.unsqueeze(-1)  # (B, Lb) in sorted order
+    return torch.zeros_like(chosen_sorted).scatter(-1, order, chosen_sorted)
+
+
+def any_rank_masked(remaining: torch.Tensor, early_stop: str) -> bool:
+    """
+    Whether some row still has masks in the current block: on this process (`early_stop="local"`) or on any process
+    of the default group (`"agree"`: a MAX all-reduce when `torch.distributed` is initialised with several
+    processes, so that every rank runs the same number of forward passes, as ZeRO-3 requires).
+    """
+    if early_stop == "agree" and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flag = remaining.detach().reshape(1).to(torch.int64).clone()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+    return bool(remaining.item() > 0)
+
+
+class CachedBlockForward:
+    """
+    Runs the model for one step of the current block `[start, end)` and returns the logits predicting its columns
+    (B, end - start, V), with or without the block-wise key/value cache.
+
+    - `refresh=True` (or `mode="none"`): a full forward pass; with a cache it records every layer's keys and values.
+    - `refresh=False`: a span forward pass over `[start - shift, end)` (dual) or `[start - shift, L)` (prefix) that
+      reads the other columns' keys and values from the cache. `shift` is 1 for models whose prediction for column
+      `i` is read at `i - 1` (Dream), so that the logits of column `start` are computed too.
+    """
+
+    def __init__(self, model, attention_mask, position_ids, shift: int, mode: str, keep_logits: bool, extra: dict):
+        self.model = model
+        self.attention_mask = attention_mask  # (B, L) or None without padding
+        self.position_ids = position_ids  # (B, L)
+        self.shift = shift
+        self.mode = mode
+        self.keep_logits = keep_logits  # the forward takes `logits_to_keep`
+        self.extra = extra
+        self.cache = BlockKVCache() if mode != "none" else None
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, start: int, end: int, refresh: bool) -> torch.Tensor:
+        lo, hi = start - self.shift, end - self.shift  # rows of logits predicting columns [start, end)
+        kwargs = dict(self.extra)
+        if self.cache is None or refresh:
+            span_lo, span_hi = 0, x.shape[1]
+            if self.cache is not None:
+                self.cache.record()
+                kwargs["kv_cache"] = self.cache
+        else:
+            span_lo, span_hi = lo, (end if self.mode == "dual" else x.shape[1])
+            self.cache.span(span_lo, span_hi)
+            kwargs["kv_cache"] = self.cache
+        if self.keep_logits:
+            kwargs["logits_to_keep"] = torch.arange(lo - span_lo, hi - span_lo, device=x.device)
+        logits = self.model(
+            input_ids=x[:, span_lo:span_hi],
+            attention_mask=self.attention_mask,
+            position_ids=self.position_ids[:, span_lo:span_hi],
+            **kwargs,
+        ).logits
+        self.calls += 1
+        if self.cache is not None:
+            self.cache.check_used(self.model)
+        if logits.shape[1] == span_hi - span_lo:
+            logits = logits[:, lo - span_lo : hi - span_lo]
+        elif logits.shape[1] != hi - lo:
+            raise ValueError(
+                f"The model returned logits of shape {tuple(logits.shape)} for inputs of length {span_hi - span_lo}; "
+                "the sampler needs one row of logits per input position."
+            )
+        return logits  # (B, end - start, V)
+
+
+def refresh_at(step: int, interval: int | None) -> bool:
+    """Whether step `step` of a block records the cache: the first step always, then every `interval` steps."""
+    return step == 0 or (interval is not None and step % interval == 0)
+
+
+def parallel_step(x_block, x0, confidence, k: int, mask_token_id: int, config) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    One step of the current block: the exact sampler's top-`k` rule, or with `threshold` / `factor` the parallel
+    rule of [`select_parallel`] with the schedule's `k` (at least one) as floor. Returns the new block (B, Lb) and the
+    transfer index (B, Lb).
+    """
+    mask_index = x_block == mask_token_id  # (B, Lb)
+    confidence = torch.where(mask_index, confidence, torch.full_like(confidence, -math.inf))
+    if config.threshold is None and config.factor is None:
+        transfer_index = torch.zeros_like(mask_index)
+        if k > 0:
+            transfer_index.scatter_(1, confidence.topk(k, dim=-1).indices, True)
+        transfer_index &= mask_index
+    else:
+        transfer_index = select_parallel(confidence, mask_index.sum(-1), max(1, k), config.threshold, config.factor)
+    return torch.where(transfer_index, x0, x_block), transfer_index
+
+
+def fast_denoise(
+    model,
+    x: torch.Tensor,
+    un_x: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor,
+    prompt_length: int,
+    mask_token_id: int,
+    shift: int,
+    config,
+    generator: torch.Generator | None,
+    callback=None,
+    progress=None,
+) -> torch.Tensor:
+    """
+    The block loop of [`~trl_diffusion.sampling.generate`] with Fast-dLLM's cache and parallel decoding; called by it
+    after the common set-up when `config.cache != "none"` or `config.threshold` / `config.factor` is set.
+
+    Args:
+        x (`torch.LongTensor`): (B, L) prompts followed by `gen_length` masks; filled in place and returned.
+        un_x (`torch.LongTensor` or `None`): (B, L) the unconditional input of classifier-free guidance (prompt
+            masked), or `None` without guidance.
+        attention_mask (`torch.LongTensor` or `None`): (B, L) padding mask of the whole sequence.
+        position_ids (`torch.LongTensor`): (B, L) positions counting real tokens.
+    """
+    from trl_diffusion.sampling import SamplerStep, _forward_parameters, _propose, num_transfer_tokens
+
+    parameters = _forward_parameters(model)
+    keep_logits = "logits_to_keep" in parameters
+    extra = {"use_cache": False} if "use_cache" in parameters else {}
+    forwards = [CachedBlockForward(model, attention_mask, position_ids, shift, config.cache, keep_logits, extra)]
+    if un_x is not None:
+        forwards.append(
+            CachedBlockForward(model, attention_mask, position_ids, shift, config.cache, keep_logits, extra)
+        )
+    parallel = config.threshold is not None or config.factor is not None
+    schedule = num_transfer_tokens(config.block_length, config.steps_per_block)
+    for block in range(config.num_blocks):
+        start = prompt_length + block * config.block_length
+        end = start + config.block_length
+        for step, k in enumerate(schedule):
+            refresh = refresh_at(step, config.cache_refresh_interval)
+            logits = forwards[0](x, start, end, refresh)  # (B, Lb, V)
+            if un_x is not None:
+                un_logits = forwards[1](un_x, start, end, refresh)
+                logits = un_logits + (config.cfg_scale + 1) * (logits - un_logits)  # LLaDA Eq. 16
+            x_block = x[:, start:end]
+            x0, confidence = _propose(logits, mask_token_id, config, generator)  # (B, Lb) each
+            new_block, transfer_index = parallel_step(x_block, x0, confidence, k, mask_token_id, config)
+            x[:, start:end] = new_block
+            if un_x is not None:
+                un_x[:, start:end] = new_block
+            if callback is not None:
+                callback(SamplerStep(block, step, start, end, x, transfer_index, k))
+            if progress is not None:
+                progress.update(1)
+            if parallel and config.early_stop != "never" and step + 1 < len(schedule):
+                remaining = (new_block == mask_token_id).sum()
+                if not any_rank_masked(remaining, config.early_stop):
+                    if progress is not None:
+                        progress.update(len(schedule) - step - 1)
+                    break
+    return x
