@@ -72,28 +72,31 @@ def any_rank_masked(remaining: torch.Tensor, early_stop: str) -> bool:
 
 class CachedBlockForward:
     """
-    Runs the model for one step of the current block `[start, end)` and returns the logits predicting its columns
-    (B, end - start, V), with or without the block-wise key/value cache.
+    Runs the model for one step of the current block `[start, end)` and returns the logits predicting the given
+    columns (B, n, V), with or without the block-wise key/value cache.
 
     - `refresh=True` (or `mode="none"`): a full forward pass; with a cache it records every layer's keys and values.
     - `refresh=False`: a span forward pass over `[start - shift, end)` (dual) or `[start - shift, L)` (prefix) that
       reads the other columns' keys and values from the cache. `shift` is 1 for models whose prediction for column
       `i` is read at `i - 1` (Dream), so that the logits of column `start` are computed too.
+
+    As in the exact sampler, a forward taking `logits_to_keep` runs its head on the needed positions only.
     """
 
-    def __init__(self, model, attention_mask, position_ids, shift: int, mode: str, keep_logits: bool, extra: dict):
+    def __init__(self, model, attention_mask, position_ids, shift: int, mode: str):
+        from trl_diffusion.sampling import _forward_parameters
+
         self.model = model
         self.attention_mask = attention_mask  # (B, L) or None without padding
         self.position_ids = position_ids  # (B, L)
         self.shift = shift
         self.mode = mode
-        self.keep_logits = keep_logits  # the forward takes `logits_to_keep`
-        self.extra = extra
+        parameters = _forward_parameters(model)
+        self.keep = "logits_to_keep" in parameters
+        self.extra = {"use_cache": False} if "use_cache" in parameters else {}
         self.cache = BlockKVCache() if mode != "none" else None
-        self.calls = 0
 
-    def __call__(self, x: torch.Tensor, start: int, end: int, refresh: bool) -> torch.Tensor:
-        lo, hi = start - self.shift, end - self.shift  # rows of logits predicting columns [start, end)
+    def __call__(self, x: torch.Tensor, columns: torch.Tensor, start: int, end: int, refresh: bool) -> torch.Tensor:
         kwargs = dict(self.extra)
         if self.cache is None or refresh:
             span_lo, span_hi = 0, x.shape[1]
@@ -101,28 +104,28 @@ class CachedBlockForward:
                 self.cache.record()
                 kwargs["kv_cache"] = self.cache
         else:
-            span_lo, span_hi = lo, (end if self.mode == "dual" else x.shape[1])
+            span_lo, span_hi = start - self.shift, (end if self.mode == "dual" else x.shape[1])
             self.cache.span(span_lo, span_hi)
             kwargs["kv_cache"] = self.cache
-        if self.keep_logits:
-            kwargs["logits_to_keep"] = torch.arange(lo - span_lo, hi - span_lo, device=x.device)
+        read = columns - self.shift - span_lo  # (B, n) rows of the span's logits
+        if self.keep:
+            kwargs["logits_to_keep"] = read
         logits = self.model(
             input_ids=x[:, span_lo:span_hi],
             attention_mask=self.attention_mask,
             position_ids=self.position_ids[:, span_lo:span_hi],
             **kwargs,
         ).logits
-        self.calls += 1
         if self.cache is not None:
             self.cache.check_used(self.model)
+        if logits.shape[:2] == read.shape:
+            return logits  # (B, n, V)
         if logits.shape[1] == span_hi - span_lo:
-            logits = logits[:, lo - span_lo : hi - span_lo]
-        elif logits.shape[1] != hi - lo:
-            raise ValueError(
-                f"The model returned logits of shape {tuple(logits.shape)} for inputs of length {span_hi - span_lo}; "
-                "the sampler needs one row of logits per input position."
-            )
-        return logits  # (B, end - start, V)
+            return torch.take_along_dim(logits, read.unsqueeze(-1), dim=1)  # (B, n, V)
+        raise ValueError(
+            f"The model returned logits of shape {tuple(logits.shape)} for inputs of length {span_hi - span_lo}; "
+            "the sampler needs one row of logits per input position, or per `logits_to_keep` position."
+        )
 
 
 def refresh_at(step: int, interval: int | None) -> bool:
@@ -130,21 +133,19 @@ def refresh_at(step: int, interval: int | None) -> bool:
     return step == 0 or (interval is not None and step % interval == 0)
 
 
-def parallel_step(x_block, x0, confidence, k: int, mask_token_id: int, config) -> tuple[torch.Tensor, torch.Tensor]:
+def parallel_step(x_block, logits, k: int, mask_token_id: int, config, generator):
     """
-    One step of the current block: the exact sampler's top-`k` rule, or with `threshold` / `factor` the parallel
-    rule of [`select_parallel`] with the schedule's `k` (at least one) as floor. Returns the new block (B, Lb) and the
+    One step of confidence-aware parallel decoding on the current block: proposals and confidences at every block
+    column (`logits` (B, Lb, V), the exact sampler's [`~trl_diffusion.sampling._propose`]), then the rule of
+    [`select_parallel`] with the schedule's `k` (at least one) as floor. Returns the new block (B, Lb) and the
     transfer index (B, Lb).
     """
+    from trl_diffusion.sampling import _propose
+
     mask_index = x_block == mask_token_id  # (B, Lb)
+    x0, confidence = _propose(logits, mask_token_id, config, generator)  # (B, Lb) each
     confidence = torch.where(mask_index, confidence, torch.full_like(confidence, -math.inf))
-    if config.threshold is None and config.factor is None:
-        transfer_index = torch.zeros_like(mask_index)
-        if k > 0:
-            transfer_index.scatter_(1, confidence.topk(k, dim=-1).indices, True)
-        transfer_index &= mask_index
-    else:
-        transfer_index = select_parallel(confidence, mask_index.sum(-1), max(1, k), config.threshold, config.factor)
+    transfer_index = select_parallel(confidence, mask_index.sum(-1), max(1, k), config.threshold, config.factor)
     return torch.where(transfer_index, x0, x_block), transfer_index
 
 
@@ -164,7 +165,11 @@ def fast_denoise(
 ) -> torch.Tensor:
     """
     The block loop of [`~trl_diffusion.sampling.generate`] with Fast-dLLM's cache and parallel decoding; called by it
-    after the common set-up when `config.cache != "none"` or `config.threshold` / `config.factor` is set.
+    after the common set-up when `config.is_fast`.
+
+    Without `threshold` / `factor` each step is the exact sampler's (`_denoise_step` on the masked columns, same
+    random draws), only the logits come through the cache. With them the proposals cover the whole block (rows may
+    hold different numbers of masks) and [`parallel_step`] decides.
 
     Args:
         x (`torch.LongTensor`): (B, L) prompts followed by `gen_length` masks; filled in place and returned.
@@ -173,30 +178,34 @@ def fast_denoise(
         attention_mask (`torch.LongTensor` or `None`): (B, L) padding mask of the whole sequence.
         position_ids (`torch.LongTensor`): (B, L) positions counting real tokens.
     """
-    from trl_diffusion.sampling import SamplerStep, _forward_parameters, _propose, num_transfer_tokens
+    from trl_diffusion.sampling import SamplerStep, _denoise_step, num_transfer_tokens
 
-    parameters = _forward_parameters(model)
-    keep_logits = "logits_to_keep" in parameters
-    extra = {"use_cache": False} if "use_cache" in parameters else {}
-    forwards = [CachedBlockForward(model, attention_mask, position_ids, shift, config.cache, keep_logits, extra)]
-    if un_x is not None:
-        forwards.append(
-            CachedBlockForward(model, attention_mask, position_ids, shift, config.cache, keep_logits, extra)
-        )
-    parallel = config.threshold is not None or config.factor is not None
+    batch_size = x.shape[0]
+    inputs = [x] if un_x is None else [x, un_x]
+    forwards = [CachedBlockForward(model, attention_mask, position_ids, shift, config.cache) for _ in inputs]
     schedule = num_transfer_tokens(config.block_length, config.steps_per_block)
+    every_column = torch.arange(config.block_length, device=x.device).expand(batch_size, -1)  # (B, Lb)
     for block in range(config.num_blocks):
         start = prompt_length + block * config.block_length
         end = start + config.block_length
         for step, k in enumerate(schedule):
+            x_block = x[:, start:end]  # (B, Lb)
             refresh = refresh_at(step, config.cache_refresh_interval)
-            logits = forwards[0](x, start, end, refresh)  # (B, Lb, V)
+            if config.parallel_decoding:
+                columns = every_column  # (B, Lb)
+            else:  # exact schedule: every row holds the same number n of masks
+                block_masks = x_block == mask_token_id
+                columns = block_masks.nonzero()[:, 1].reshape(batch_size, -1)  # (B, n)
+            logits = forwards[0](x, columns + start, start, end, refresh)  # (B, n, V)
             if un_x is not None:
-                un_logits = forwards[1](un_x, start, end, refresh)
+                un_logits = forwards[1](un_x, columns + start, start, end, refresh)
                 logits = un_logits + (config.cfg_scale + 1) * (logits - un_logits)  # LLaDA Eq. 16
-            x_block = x[:, start:end]
-            x0, confidence = _propose(logits, mask_token_id, config, generator)  # (B, Lb) each
-            new_block, transfer_index = parallel_step(x_block, x0, confidence, k, mask_token_id, config)
+            if config.parallel_decoding:
+                new_block, transfer_index = parallel_step(x_block, logits, k, mask_token_id, config, generator)
+            else:
+                new_block, transfer_index = _denoise_step(
+                    x_block, logits, columns, k, mask_token_id, config, generator
+                )
             x[:, start:end] = new_block
             if un_x is not None:
                 un_x[:, start:end] = new_block
@@ -204,7 +213,7 @@ def fast_denoise(
                 callback(SamplerStep(block, step, start, end, x, transfer_index, k))
             if progress is not None:
                 progress.update(1)
-            if parallel and config.early_stop != "never" and step + 1 < len(schedule):
+            if config.parallel_decoding and config.early_stop != "never" and step + 1 < len(schedule):
                 remaining = (new_block == mask_token_id).sum()
                 if not any_rank_masked(remaining, config.early_stop):
                     if progress is not None:
