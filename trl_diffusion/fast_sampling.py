@@ -133,20 +133,35 @@ def refresh_at(step: int, interval: int | None) -> bool:
     return step == 0 or (interval is not None and step % interval == 0)
 
 
-def parallel_step(x_block, logits, k: int, mask_token_id: int, config, generator):
+def masked_columns_padded(block_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    One step of confidence-aware parallel decoding on the current block: proposals and confidences at every block
-    column (`logits` (B, Lb, V), the exact sampler's [`~trl_diffusion.sampling._propose`]), then the rule of
-    [`select_parallel`] with the schedule's `k` (at least one) as floor. Returns the new block (B, Lb) and the
-    transfer index (B, Lb).
+    The masked columns of each row of a block, left-aligned and padded to the largest count: `columns` (B, n) block
+    columns (padding entries point at unmasked columns) and `valid` (B, n). Rows may hold different numbers of masks
+    once parallel decoding has unmasked more in some rows.
+    """
+    counts = block_masks.sum(-1)  # (B,)
+    order = torch.sort((~block_masks).to(torch.int8), dim=-1, stable=True).indices  # masked columns first, in order
+    n = max(1, int(counts.max()))
+    columns = order[:, :n]  # (B, n)
+    valid = torch.arange(n, device=block_masks.device).unsqueeze(0) < counts.unsqueeze(-1)  # (B, n)
+    return columns, valid
+
+
+def parallel_step(x_block, logits, columns, valid, k: int, mask_token_id: int, config, generator):
+    """
+    One step of confidence-aware parallel decoding on the current block: proposals and confidences at the masked
+    columns (`logits` (B, n, V) for `columns` (B, n), `valid` marking real masked entries; the exact sampler's
+    [`~trl_diffusion.sampling._propose`]), then the rule of [`select_parallel`] with the schedule's `k` (at least
+    one) as floor. Returns the new block (B, Lb) and the transfer index (B, Lb).
     """
     from trl_diffusion.sampling import _propose
 
-    mask_index = x_block == mask_token_id  # (B, Lb)
-    x0, confidence = _propose(logits, mask_token_id, config, generator)  # (B, Lb) each
-    confidence = torch.where(mask_index, confidence, torch.full_like(confidence, -math.inf))
-    transfer_index = select_parallel(confidence, mask_index.sum(-1), max(1, k), config.threshold, config.factor)
-    return torch.where(transfer_index, x0, x_block), transfer_index
+    x0, confidence = _propose(logits, mask_token_id, config, generator)  # (B, n) each
+    confidence = torch.where(valid, confidence, torch.full_like(confidence, -math.inf))
+    chosen = select_parallel(confidence, valid.sum(-1), max(1, k), config.threshold, config.factor)  # (B, n)
+    transfer_index = torch.zeros_like(x_block, dtype=torch.bool).scatter(1, columns, chosen)  # (B, Lb)
+    proposals = x_block.scatter(1, columns, torch.where(chosen, x0, x_block.gather(1, columns)))
+    return proposals, transfer_index
 
 
 def fast_denoise(
@@ -168,8 +183,8 @@ def fast_denoise(
     after the common set-up when `config.is_fast`.
 
     Without `threshold` / `factor` each step is the exact sampler's (`_denoise_step` on the masked columns, same
-    random draws), only the logits come through the cache. With them the proposals cover the whole block (rows may
-    hold different numbers of masks) and [`parallel_step`] decides.
+    random draws), only the logits come through the cache. With them rows may hold different numbers of masks: the
+    logits cover each row's masked columns padded to the largest count, and [`parallel_step`] decides.
 
     Args:
         x (`torch.LongTensor`): (B, L) prompts followed by `gen_length` masks; filled in place and returned.
@@ -184,24 +199,25 @@ def fast_denoise(
     inputs = [x] if un_x is None else [x, un_x]
     forwards = [CachedBlockForward(model, attention_mask, position_ids, shift, config.cache) for _ in inputs]
     schedule = num_transfer_tokens(config.block_length, config.steps_per_block)
-    every_column = torch.arange(config.block_length, device=x.device).expand(batch_size, -1)  # (B, Lb)
     for block in range(config.num_blocks):
         start = prompt_length + block * config.block_length
         end = start + config.block_length
         for step, k in enumerate(schedule):
             x_block = x[:, start:end]  # (B, Lb)
             refresh = refresh_at(step, config.cache_refresh_interval)
+            block_masks = x_block == mask_token_id  # (B, Lb)
             if config.parallel_decoding:
-                columns = every_column  # (B, Lb)
+                columns, valid = masked_columns_padded(block_masks)  # (B, n) each
             else:  # exact schedule: every row holds the same number n of masks
-                block_masks = x_block == mask_token_id
                 columns = block_masks.nonzero()[:, 1].reshape(batch_size, -1)  # (B, n)
             logits = forwards[0](x, columns + start, start, end, refresh)  # (B, n, V)
             if un_x is not None:
                 un_logits = forwards[1](un_x, columns + start, start, end, refresh)
                 logits = un_logits + (config.cfg_scale + 1) * (logits - un_logits)  # LLaDA Eq. 16
             if config.parallel_decoding:
-                new_block, transfer_index = parallel_step(x_block, logits, k, mask_token_id, config, generator)
+                new_block, transfer_index = parallel_step(
+                    x_block, logits, columns, valid, k, mask_token_id, config, generator
+                )
             else:
                 new_block, transfer_index = _denoise_step(
                     x_block, logits, columns, k, mask_token_id, config, generator
