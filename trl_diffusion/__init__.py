@@ -37,3 +37,4 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover
     from trl_diffusion.models.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec  # noqa: F401
+    from trl_diffusion.sampling import DiffusionGenerationConfig, generate  # noqa: F401
