@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
 class RMSNorm(nn.Module):
@@ -234,17 +234,3 @@ def bidirectional_backbone_forward(backbone, input_ids, attention_mask, position
         last_hidden_state=hidden_states,
         hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
     )
-
-
-def keep_logit_positions(hidden_states: torch.Tensor, logits_to_keep, labels) -> torch.Tensor:
-    """
-    The positions of `hidden_states` (B, L, D) the output head runs on, with transformers' `logits_to_keep` semantics
-    (`slice_logits_to_keep`: `0` keeps all, an `int` `n` the last `n`, a 1-D tensor the same positions in every row,
-    a 2-D integer tensor (B, n) positions per row). Samplers need the logits of a few block positions only, and the
-    head over a 126k-token vocabulary costs more than a small backbone.
-    """
-    if isinstance(logits_to_keep, int) and logits_to_keep == 0:
-        return hidden_states
-    if labels is not None:
-        raise ValueError("`labels` needs the logits of every position; leave `logits_to_keep` at 0 with labels.")
-    return slice_logits_to_keep(hidden_states, logits_to_keep)

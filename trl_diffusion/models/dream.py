@@ -13,13 +13,9 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
+from transformers.modeling_utils import slice_logits_to_keep
 
-from trl_diffusion.models.bidirectional import (
-    BidirectionalAttentionMixin,
-    RMSNorm,
-    bidirectional_backbone_forward,
-    keep_logit_positions,
-)
+from trl_diffusion.models.bidirectional import BidirectionalAttentionMixin, RMSNorm, bidirectional_backbone_forward
 from trl_diffusion.models.generation import DiffusionGenerateMixin
 
 
@@ -258,8 +254,10 @@ class DreamForMaskedDiffusion(DiffusionGenerateMixin, DreamPreTrainedModel, Gene
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
-        # (B, L, V); `logits_to_keep` (int: last n positions, or an index tensor) limits the head to some positions
-        logits = self.lm_head(keep_logit_positions(outputs.last_hidden_state, logits_to_keep, labels))
+        if labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            raise ValueError("`labels` need the logits of every position: do not pass `logits_to_keep` with them.")
+        # (B, K, V): `logits_to_keep` (int: the last K positions; tensor: those positions) skips the head elsewhere
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
             shifted = logits[:, :-1].flatten(0, 1).float()  # (B * (L - 1), V): position i - 1 predicts token i

@@ -28,12 +28,12 @@ from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
+from transformers.modeling_utils import slice_logits_to_keep
 
 from trl_diffusion.models.bidirectional import (
     BidirectionalAttentionMixin,
     RMSNorm,
     bidirectional_backbone_forward,
-    keep_logit_positions,
 )
 from trl_diffusion.models.generation import DiffusionGenerateMixin
 
@@ -294,8 +294,10 @@ class LLaDAForMaskedDiffusion(DiffusionGenerateMixin, LLaDAPreTrainedModel, Gene
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
-        # (B, L, V); `logits_to_keep` (int: last n positions, or an index tensor) limits the head to some positions
-        logits = self.lm_head(keep_logit_positions(outputs.last_hidden_state, logits_to_keep, labels))
+        if labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            raise ValueError("`labels` need the logits of every position: do not pass `logits_to_keep` with them.")
+        # (B, K, V): `logits_to_keep` (int: the last K positions; tensor: those positions) skips the head elsewhere
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
