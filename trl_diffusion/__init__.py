@@ -23,6 +23,8 @@ _LAZY_ATTRS = {
     "DreamForMaskedDiffusion": "trl_diffusion.models.dream",
     "DiffusionGenerationConfig": "trl_diffusion.sampling",
     "generate": "trl_diffusion.sampling",
+    "DiffuGRPOConfig": "trl_diffusion.trainer.diffu_grpo_config",
+    "DiffuGRPOTrainer": "trl_diffusion.trainer.diffu_grpo_trainer",
 }
 
 __all__ = ["__version__", *_LAZY_ATTRS]
@@ -46,3 +48,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from trl_diffusion.models.llada import LLaDAConfig, LLaDAForMaskedDiffusion, LLaDAModel  # noqa: F401
     from trl_diffusion.models.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec  # noqa: F401
     from trl_diffusion.sampling import DiffusionGenerationConfig, generate  # noqa: F401
+    from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig  # noqa: F401
+    from trl_diffusion.trainer.diffu_grpo_trainer import DiffuGRPOTrainer  # noqa: F401
