@@ -5,7 +5,8 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test,deepspeed
-PYTEST_ARGS ?= -n 2
+# `--dist loadgroup`: tests marked `xdist_group` (the two-process launches) run one after another in one worker.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: install demo test quality style
 

@@ -15,6 +15,8 @@ _LAZY_ATTRS = {
     "DiffusionModelSpec": "trl_diffusion.models.spec",
     "MODEL_SPECS": "trl_diffusion.models.spec",
     "get_model_spec": "trl_diffusion.models.spec",
+    "MaskedSFTConfig": "trl_diffusion.trainer.masked_sft_config",
+    "MaskedSFTTrainer": "trl_diffusion.trainer.masked_sft_trainer",
     "LLaDAConfig": "trl_diffusion.models.llada",
     "LLaDAModel": "trl_diffusion.models.llada",
     "LLaDAForMaskedDiffusion": "trl_diffusion.models.llada",
@@ -23,6 +25,11 @@ _LAZY_ATTRS = {
     "DreamForMaskedDiffusion": "trl_diffusion.models.dream",
     "DiffusionGenerationConfig": "trl_diffusion.sampling",
     "generate": "trl_diffusion.sampling",
+    "countdown_reward": "trl_diffusion.rewards",
+    "format_reward": "trl_diffusion.rewards",
+    "math_reward": "trl_diffusion.rewards",
+    "strict_format_reward": "trl_diffusion.rewards",
+    "sudoku_reward": "trl_diffusion.rewards",
     "DiffuGRPOConfig": "trl_diffusion.trainer.diffu_grpo_config",
     "DiffuGRPOTrainer": "trl_diffusion.trainer.diffu_grpo_trainer",
 }
@@ -50,3 +57,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from trl_diffusion.sampling import DiffusionGenerationConfig, generate  # noqa: F401
     from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig  # noqa: F401
     from trl_diffusion.trainer.diffu_grpo_trainer import DiffuGRPOTrainer  # noqa: F401
+    from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig  # noqa: F401
+    from trl_diffusion.trainer.masked_sft_trainer import MaskedSFTTrainer  # noqa: F401
