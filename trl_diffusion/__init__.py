@@ -15,6 +15,8 @@ _LAZY_ATTRS = {
     "DiffusionModelSpec": "trl_diffusion.models.spec",
     "MODEL_SPECS": "trl_diffusion.models.spec",
     "get_model_spec": "trl_diffusion.models.spec",
+    "DemoConfig": "trl_diffusion.demo.config",
+    "run_demo": "trl_diffusion.demo.pipeline",
 }
 
 __all__ = ["__version__", *_LAZY_ATTRS]

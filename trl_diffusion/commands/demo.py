@@ -26,6 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_third_party() -> None:
+    """Keep the terminal to the demo's own progress bars: no per-dataset-map or weight-loading bars, and no
+    deprecation notices about options the demo does not set."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = {
@@ -39,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         build_parser().error(str(error))
 
+    _quiet_third_party()
     from trl_diffusion.demo.pipeline import format_summary, run_demo  # heavy imports only when running
 
     metrics = run_demo(config)
