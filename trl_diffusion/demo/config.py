@@ -31,7 +31,7 @@ class DemoConfig:
             SwiGLU hidden size.
         num_held_out (`int`, *optional*, defaults to `500`):
             Held-out prompts (at least 200 for the default demo).
-        eval_every (`int`, *optional*, defaults to `25`):
+        eval_every (`int`, *optional*, defaults to `50`):
             Evaluate the held-out set every this many steps during both stages (for the curves); `0` disables it.
         sft_steps (`int`, *optional*, defaults to `250`):
             Masked-SFT optimisation steps, each on fresh examples.
@@ -77,7 +77,7 @@ class DemoConfig:
     num_heads: int = field(default=4, metadata={"help": "Attention heads."})
     intermediate_size: int = field(default=512, metadata={"help": "SwiGLU hidden size."})
     num_held_out: int = field(default=500, metadata={"help": "Held-out evaluation prompts."})
-    eval_every: int = field(default=25, metadata={"help": "Held-out evaluation period in steps (0: off)."})
+    eval_every: int = field(default=50, metadata={"help": "Held-out evaluation period in steps (0: off)."})
     sft_steps: int = field(default=250, metadata={"help": "Masked-SFT steps."})
     sft_batch_size: int = field(default=64, metadata={"help": "Examples per SFT step."})
     sft_learning_rate: float = field(default=1e-3, metadata={"help": "Peak SFT learning rate."})
@@ -97,8 +97,10 @@ class DemoConfig:
     show_progress: bool = field(default=True, metadata={"help": "Progress bars and summary table."})
 
     def __post_init__(self):
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}.")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(
+                f"`device` must be 'auto', 'cpu' or 'cuda', got {self.device!r} (pick a GPU with CUDA_VISIBLE_DEVICES)."
+            )
         positive = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "num_held_out", "sft_steps",
                     "sft_batch_size", "rl_steps", "rl_prompts_per_step", "num_iterations")  # fmt: skip
         for name in positive:

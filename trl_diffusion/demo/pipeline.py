@@ -37,7 +37,7 @@ def resolve_device(device: str) -> str:
     """`auto` -> `cuda` when a GPU is visible, else `cpu`; anything else is checked and returned."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"`--device {device}` was requested but no CUDA device is visible; use `--device cpu`.")
     return device
 
