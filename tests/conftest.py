@@ -19,3 +19,13 @@ def tokenizer():
 def standin_model_path(tmp_path_factory, tokenizer):
     """A tiny bidirectional stand-in model and its tokenizer, saved once per session."""
     return save_tiny_model(tmp_path_factory.mktemp("standin"), kind="standin", tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module of many tiny ops: on a loaded 2-core machine two threads spin-wait for each
+    other and run tiny models tens of times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,6 +17,8 @@ _LAZY_ATTRS = {
     "get_model_spec": "trl_diffusion.models.spec",
     "DemoConfig": "trl_diffusion.demo.config",
     "run_demo": "trl_diffusion.demo.pipeline",
+    "DiffusionGenerationConfig": "trl_diffusion.sampling",
+    "generate": "trl_diffusion.sampling",
 }
 
 __all__ = ["__version__", *_LAZY_ATTRS]
