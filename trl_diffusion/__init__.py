@@ -17,6 +17,12 @@ _LAZY_ATTRS = {
     "get_model_spec": "trl_diffusion.models.spec",
     "DemoConfig": "trl_diffusion.demo.config",
     "run_demo": "trl_diffusion.demo.pipeline",
+    "LLaDAConfig": "trl_diffusion.models.llada",
+    "LLaDAModel": "trl_diffusion.models.llada",
+    "LLaDAForMaskedDiffusion": "trl_diffusion.models.llada",
+    "DreamConfig": "trl_diffusion.models.dream",
+    "DreamModel": "trl_diffusion.models.dream",
+    "DreamForMaskedDiffusion": "trl_diffusion.models.dream",
     "DiffusionGenerationConfig": "trl_diffusion.sampling",
     "generate": "trl_diffusion.sampling",
 }
@@ -38,4 +44,6 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from trl_diffusion.models.dream import DreamConfig, DreamForMaskedDiffusion, DreamModel  # noqa: F401
+    from trl_diffusion.models.llada import LLaDAConfig, LLaDAForMaskedDiffusion, LLaDAModel  # noqa: F401
     from trl_diffusion.models.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec  # noqa: F401

@@ -47,13 +47,30 @@ def _config_of(model_or_config: Any):
     return getattr(model_or_config, "config", model_or_config)
 
 
+def _ids_of(source: Any) -> dict[str, Any]:
+    """The special ids `source` (a config or tokenizer, or `None`) defines, as spec fields."""
+    found: dict[str, Any] = {}
+    if source is None:
+        return found
+    for field in ("mask_token_id", "pad_token_id"):
+        value = getattr(source, field, None)
+        if value is not None:
+            found[field] = value
+    eos = getattr(source, "eos_token_id", None)
+    if eos is not None:
+        found["eos_token_ids"] = tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
+    return found
+
+
 def get_model_spec(model_or_config: Any, tokenizer: Any = None, **overrides: Any) -> DiffusionModelSpec:
     """
     Return the [`DiffusionModelSpec`] of a model.
 
     Resolution order, later wins: the family's entry in [`MODEL_SPECS`] (by `config.model_type`); ids found on the
-    config (`mask_token_id`, `eos_token_id`, `pad_token_id`) and tokenizer (`mask_token_id`, `eos_token_id`,
-    `pad_token_id`) for families not listed; then explicit `overrides` whose value is not `None`.
+    config (`mask_token_id`, `eos_token_id`, `pad_token_id`); for families not listed, ids found on the tokenizer;
+    then explicit `overrides` whose value is not `None`. Config ids of a listed family override its defaults, so a
+    tiny LLaDA/Dream over another vocabulary resolves to its own ids; when the config's EOS ids are all among the
+    family's (the official checkpoints list one of them), the family's full EOS tuple is kept.
 
     Args:
         model_or_config (`PreTrainedModel` or `PretrainedConfig`):
@@ -72,17 +89,11 @@ def get_model_spec(model_or_config: Any, tokenizer: Any = None, **overrides: Any
     spec = MODEL_SPECS.get(model_type)
     if spec is None:
         spec = DiffusionModelSpec(logit_shift=bool(getattr(config, "diffusion_logit_shift", False)))
-        found: dict[str, Any] = {}
-        for source in (config, tokenizer):
-            if source is None:
-                continue
-            for field in ("mask_token_id", "pad_token_id"):
-                value = getattr(source, field, None)
-                if value is not None:
-                    found[field] = value
-            eos = getattr(source, "eos_token_id", None)
-            if eos is not None:
-                found["eos_token_ids"] = tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
+        spec = replace(spec, **{**_ids_of(config), **_ids_of(tokenizer)})
+    else:
+        found = _ids_of(config)
+        if set(found.get("eos_token_ids", ())) <= set(spec.eos_token_ids):
+            found.pop("eos_token_ids", None)
         spec = replace(spec, **found)
     explicit = {k: v for k, v in overrides.items() if v is not None}
     if "eos_token_ids" in explicit and isinstance(explicit["eos_token_ids"], int):

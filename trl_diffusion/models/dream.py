@@ -1,0 +1,265 @@
+"""Native Dream (Dream-org/Dream-v0-Instruct-7B; also DiffuCoder) for transformers, loading the official checkpoints.
+
+Dream is a masked diffusion model initialised from Qwen2.5 weights and keeps Qwen2's layout and module names
+(`model.layers.N.self_attn.{q,k,v,o}_proj` with bias on q/k/v, `mlp.{gate,up,down}_proj`, `input_layernorm`,
+`post_attention_layernorm`, `model.norm`, `lm_head`), so official checkpoints load without renaming. Attention is
+bidirectional. It also keeps the autoregressive head's alignment: the prediction for position `i` is read from the
+logits at position `i - 1` (`logit_shift=True` in [`trl_diffusion.MODEL_SPECS`]). The logits returned here are the
+raw per-position logits, like the official `DreamModel`; consumers shift them.
+"""
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
+from transformers.modeling_utils import slice_logits_to_keep
+
+from trl_diffusion.models.bidirectional import BidirectionalAttentionMixin, RMSNorm, bidirectional_backbone_forward
+from trl_diffusion.models.generation import DiffusionGenerateMixin
+
+
+class DreamConfig(PreTrainedConfig):
+    r"""
+    Configuration of a Dream model, with the key names of the official `config.json` (Qwen2's). Defaults are
+    Dream-v0-7B's.
+
+    Args:
+        vocab_size (`int`, *optional*, defaults to `152064`):
+            Rows of the embedding and of the output head.
+        hidden_size (`int`, *optional*, defaults to `3584`):
+            Hidden size.
+        intermediate_size (`int`, *optional*, defaults to `18944`):
+            Inner size of the SwiGLU feed-forward.
+        num_hidden_layers (`int`, *optional*, defaults to `28`):
+            Number of decoder layers.
+        num_attention_heads (`int`, *optional*, defaults to `28`):
+            Number of query heads.
+        num_key_value_heads (`int`, *optional*, defaults to `4`):
+            Number of key/value heads (grouped-query attention). `None` means `num_attention_heads`.
+        hidden_act (`str`, *optional*, defaults to `"silu"`):
+            Activation of the gate; only `"silu"` (SwiGLU) is supported.
+        max_position_embeddings (`int`, *optional*, defaults to `131072`):
+            Longest supported sequence.
+        rms_norm_eps (`float`, *optional*, defaults to `1e-6`):
+            Epsilon of the RMS norms.
+        rope_theta (`float`, *optional*, defaults to `1000000.0`):
+            RoPE base.
+        rope_scaling (`dict`, *optional*):
+            Must be `None` (plain RoPE, as in the published checkpoints).
+        tie_word_embeddings (`bool`, *optional*, defaults to `False`):
+            Whether the output head is the token embedding.
+        initializer_range (`float`, *optional*, defaults to `0.02`):
+            Standard deviation of the random initialisation.
+        attention_dropout (`float`, *optional*, defaults to `0.0`):
+            Dropout on the attention weights during training.
+        mask_token_id (`int`, *optional*, defaults to `151666`):
+            Id of the `[MASK]` token.
+    """
+
+    model_type = "Dream"  # capitalised in the official config.json
+
+    vocab_size: int = 152064
+    hidden_size: int = 3584
+    intermediate_size: int = 18944
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 28
+    num_key_value_heads: int | None = 4
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 131072
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1000000.0
+    rope_scaling: dict | None = None
+    tie_word_embeddings: bool = False
+    initializer_range: float = 0.02
+    attention_dropout: float = 0.0
+    use_cache: bool = False
+    use_sliding_window: bool = False
+    mask_token_id: int | None = 151666
+    pad_token_id: int | None = 151643
+    bos_token_id: int | None = 151643
+    eos_token_id: int | list[int] | None = 151643
+
+    def __post_init__(self, **kwargs):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ValueError(
+                f"`num_attention_heads` ({self.num_attention_heads}) must be a multiple of `num_key_value_heads` "
+                f"({self.num_key_value_heads})."
+            )
+        if self.hidden_act != "silu":
+            raise ValueError(
+                f"Dream uses a SwiGLU feed-forward: `hidden_act` must be 'silu', got {self.hidden_act!r}."
+            )
+        if self.rope_scaling is not None:
+            raise ValueError(
+                f"`rope_scaling={self.rope_scaling!r}` is not supported by the native Dream implementation (plain "
+                "RoPE only, as in the published checkpoints). Remove it from the config."
+            )
+        if self.use_sliding_window:
+            raise ValueError("Sliding-window attention is not supported by the native Dream implementation.")
+        super().__post_init__(**kwargs)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+class DreamAttention(BidirectionalAttentionMixin, nn.Module):
+    """Qwen2-layout bidirectional attention: q/k/v projections with bias, `o_proj` without."""
+
+    def __init__(self, config: DreamConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.attention_dropout = config.attention_dropout
+        kv_size = config.num_key_value_heads * self.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(config.hidden_size, kv_size, bias=True)
+        self.v_proj = nn.Linear(config.hidden_size, kv_size, bias=True)
+        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, **kwargs) -> torch.Tensor:
+        query, key, value = self.project_qkv(hidden_states, position_embeddings)
+        attended, _ = self.attend(query, key, value, attention_mask, **kwargs)
+        return self.o_proj(attended)
+
+
+class DreamMLP(nn.Module):
+    """SwiGLU feed-forward: `down_proj(silu(gate_proj(x)) * up_proj(x))`."""
+
+    def __init__(self, config: DreamConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DreamDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm layer: `x + self_attn(input_layernorm(x))`, then `x + mlp(post_attention_layernorm(x))`."""
+
+    def __init__(self, config: DreamConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = DreamAttention(config, layer_idx)
+        self.mlp = DreamMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, **kwargs) -> torch.Tensor:
+        hidden_states = hidden_states + self.self_attn(
+            self.input_layernorm(hidden_states), position_embeddings, attention_mask, **kwargs
+        )
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class DreamPreTrainedModel(PreTrainedModel):
+    config_class = DreamConfig
+    config: DreamConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DreamDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+
+class DreamModel(DreamPreTrainedModel):
+    """The Dream backbone: embeddings, decoder layers and final norm. Returns `last_hidden_state` (B, L, D)."""
+
+    def __init__(self, config: DreamConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([DreamDecoderLayer(config, index) for index in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
+        """Same arguments as [`~trl_diffusion.models.llada.LLaDAModel.forward`]."""
+        return bidirectional_backbone_forward(
+            self, input_ids, attention_mask, position_ids, inputs_embeds, self.config, **kwargs
+        )
+
+
+class DreamForMaskedDiffusion(DiffusionGenerateMixin, DreamPreTrainedModel, GenerationMixin):
+    """
+    Dream with its output head. `logits[:, i - 1]` predicts the token at position `i` (shifted, see module doc).
+    Registered as the `AutoModelForCausalLM` class of `model_type` "Dream". `generate` runs the diffusion sampler.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: DreamConfig):
+        super().__init__(config)
+        self.model = DreamModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutput:
+        """
+        Returns logits (B, L, vocab_size). With `labels` (B, L; -100 = ignored), `loss` is the mean cross-entropy of
+        the label at position `i` against the logits at `i - 1` (Dream's shifted head).
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        if labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            raise ValueError("`labels` need the logits of every position: do not pass `logits_to_keep` with them.")
+        # (B, K, V): `logits_to_keep` (int: the last K positions; tensor: those positions) skips the head elsewhere
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        loss = None
+        if labels is not None:
+            shifted = logits[:, :-1].flatten(0, 1).float()  # (B * (L - 1), V): position i - 1 predicts token i
+            loss = nn.functional.cross_entropy(shifted, labels[:, 1:].flatten(), ignore_index=-100)
+        return CausalLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
