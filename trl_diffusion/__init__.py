@@ -23,6 +23,8 @@ _LAZY_ATTRS = {
     "DreamConfig": "trl_diffusion.models.dream",
     "DreamModel": "trl_diffusion.models.dream",
     "DreamForMaskedDiffusion": "trl_diffusion.models.dream",
+    "MaskedSFTConfig": "trl_diffusion.trainer.masked_sft_config",
+    "MaskedSFTTrainer": "trl_diffusion.trainer.masked_sft_trainer",
     "DiffusionGenerationConfig": "trl_diffusion.sampling",
     "generate": "trl_diffusion.sampling",
 }
@@ -47,3 +49,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from trl_diffusion.models.dream import DreamConfig, DreamForMaskedDiffusion, DreamModel  # noqa: F401
     from trl_diffusion.models.llada import LLaDAConfig, LLaDAForMaskedDiffusion, LLaDAModel  # noqa: F401
     from trl_diffusion.models.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec  # noqa: F401
+    from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig  # noqa: F401
+    from trl_diffusion.trainer.masked_sft_trainer import MaskedSFTTrainer  # noqa: F401
