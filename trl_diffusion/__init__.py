@@ -27,6 +27,8 @@ _LAZY_ATTRS = {
     "MaskedSFTTrainer": "trl_diffusion.trainer.masked_sft_trainer",
     "DiffusionGenerationConfig": "trl_diffusion.sampling",
     "generate": "trl_diffusion.sampling",
+    "DiffuGRPOConfig": "trl_diffusion.trainer.diffu_grpo_config",
+    "DiffuGRPOTrainer": "trl_diffusion.trainer.diffu_grpo_trainer",
 }
 
 __all__ = ["__version__", *_LAZY_ATTRS]
@@ -51,3 +53,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from trl_diffusion.models.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec  # noqa: F401
     from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig  # noqa: F401
     from trl_diffusion.trainer.masked_sft_trainer import MaskedSFTTrainer  # noqa: F401
+    from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig  # noqa: F401
+    from trl_diffusion.trainer.diffu_grpo_trainer import DiffuGRPOTrainer  # noqa: F401

@@ -1,0 +1,404 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from transformers import LlavaProcessor
+
+from trl_diffusion import DiffuGRPOConfig, DiffuGRPOTrainer
+
+
+LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
+
+
+def reward_char_sum(completions, **kwargs):
+    """Deterministic reward that varies between completions (so advantages are non-zero)."""
+    texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]
+    return [(sum(map(ord, text)) % 13) / 13 for text in texts]
+
+
+def prompts_dataset(n=8):
+    return Dataset.from_dict({"prompt": [[{"role": "user", "content": f"{i} plus {i + 1}"}] for i in range(n)]})
+
+
+def make_config(tmp_path, **overrides):
+    values = {
+        "output_dir": str(tmp_path),
+        "per_device_train_batch_size": 4,
+        "num_generations": 4,
+        "max_completion_length": 8,
+        "block_length": 4,
+        "diffusion_steps": 4,
+        "max_steps": 1,
+        "learning_rate": 1e-2,
+        "gradient_checkpointing": False,
+        "bf16": False,
+        "report_to": "none",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "seed": 0,
+    }
+    values.update(overrides)
+    return DiffuGRPOConfig(**values)
+
+
+class TracedTrainer(DiffuGRPOTrainer):
+    """Records generation batches, loss inputs, loss-time scoring and model forward passes by phase."""
+
+    def __init__(self, *args, **kwargs):
+        self.trace = {"generation": [], "loss": [], "scoring": []}
+        self.passes = {"rollout": 0, "no_grad": 0, "grad": 0, "ref": 0}
+        self._in_rollout = False
+        super().__init__(*args, **kwargs)
+        policy = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        policy.register_forward_hook(self._count_policy_pass)
+        if self.ref_model is not None:
+            self.ref_model.register_forward_hook(self._count_ref_pass)
+
+    def _count_policy_pass(self, module, args, output):
+        phase = "rollout" if self._in_rollout else ("grad" if torch.is_grad_enabled() else "no_grad")
+        self.passes[phase] += 1
+
+    def _count_ref_pass(self, module, args, output):
+        self.passes["ref"] += 1
+
+    def rollout(self, *args, **kwargs):
+        self._in_rollout = True
+        try:
+            return super().rollout(*args, **kwargs)
+        finally:
+            self._in_rollout = False
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        self.trace["generation"].append({k: v.clone() for k, v in output.items() if isinstance(v, torch.Tensor)})
+        return output
+
+    def _compute_loss(self, model, inputs):
+        record = {k: v.clone() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        self.trace["loss"].append({"step": self._step, **record})
+        return super()._compute_loss(model, inputs)
+
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        output = super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+        if torch.is_grad_enabled():
+            self.trace["scoring"].append(
+                {"step": self._step, "seeds": self._active_mask_seeds.clone(), "logps": output[0].detach().clone()}
+            )
+        return output
+
+
+def trainable_snapshot(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def assert_all_changed(trainer, before):
+    assert before, "no trainable parameters"
+    unchanged = [n for n, p in trainer.model.named_parameters() if n in before and torch.equal(p, before[n])]
+    assert not unchanged, f"parameters not updated: {unchanged}"
+
+
+def first_logged(trainer, key):
+    return next(entry[key] for entry in trainer.state.log_history if key in entry)
+
+
+# --- a TRL user's script, names swapped ---
+
+TRL_USER_SCRIPT = """
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
+
+dataset = Dataset.from_dict({"prompt": ["Count to three:", "Name a color:", "Say hi:", "Add 2 and 2:"]})
+
+def reward_num_unique_chars(completions, **kwargs):
+    return [len(set(c)) for c in completions]
+
+training_args = GRPOConfig(
+    output_dir=OUTPUT_DIR,
+    per_device_train_batch_size=4,
+    num_generations=4,
+    max_completion_length=8,
+    max_steps=2,
+    learning_rate=1e-2,
+    logging_steps=1,
+    report_to="none",
+    bf16=False,
+)
+trainer = GRPOTrainer(
+    model=MODEL_PATH, reward_funcs=reward_num_unique_chars, args=training_args, train_dataset=dataset
+)
+trainer.train()
+"""
+
+
+def test_trl_user_script_runs_with_names_swapped(tmp_path, standin_model_path):
+    script = (
+        TRL_USER_SCRIPT.replace(
+            "from trl import GRPOConfig, GRPOTrainer", "from trl_diffusion import DiffuGRPOConfig, DiffuGRPOTrainer"
+        )
+        .replace("GRPOConfig(", "DiffuGRPOConfig(")
+        .replace("GRPOTrainer(", "DiffuGRPOTrainer(")
+    )
+    namespace = {"OUTPUT_DIR": str(tmp_path), "MODEL_PATH": standin_model_path}
+    exec(compile(script, "trl_user_script.py", "exec"), namespace)
+    trainer = namespace["trainer"]
+    assert isinstance(trainer, DiffuGRPOTrainer)
+    assert trainer.state.global_step == 2
+    assert trainer.args.block_length == 8 and trainer.args.diffusion_steps == 4  # derived from the length
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2 and all(np.isfinite(entry["loss"]) for entry in logs)
+    assert "reward" in logs[0] and "completions/mean_length" in logs[0]
+
+
+# --- inner iterations ---
+
+
+def test_inner_iterations_use_each_mask_once_and_first_ratio_is_one(tmp_path, standin_model_path):
+    mu, spg, ga = 3, 2, 2
+    config = make_config(
+        tmp_path,
+        per_device_train_batch_size=2,
+        num_generations=2,
+        num_iterations=mu,
+        steps_per_generation=spg,
+        gradient_accumulation_steps=ga,
+        beta=0.04,
+        max_steps=6,  # 12 micro-steps = 2 generation batches of 3 * 2 micro-steps
+    )
+    trainer = TracedTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
+    before = trainable_snapshot(trainer)
+    trainer.train()
+    assert_all_changed(trainer, before)
+
+    generations, losses, scorings = trainer.trace["generation"], trainer.trace["loss"], trainer.trace["scoring"]
+    assert len(generations) == 2 and len(losses) == len(scorings) == 12
+    for generation in generations:
+        assert generation["mask_seeds"].shape == (4, mu)
+        assert generation["old_per_token_logps"].shape[:2] == (4, mu)
+        assert generation["ref_per_token_logps"].shape[:2] == (4, mu)
+    for loss, scoring in zip(losses, scorings, strict=True):
+        step = loss["step"]
+        k = (step // spg) % mu
+        assert scoring["step"] == step
+        assert torch.equal(scoring["seeds"], loss["mask_seeds"][:, k])
+        if k == 0:  # nothing changed the weights since generation: old == current exactly, ratio 1
+            assert torch.equal(scoring["logps"], loss["old_per_token_logps"][:, 0])
+    # every (row, iteration) mask of a generation batch is used exactly once, iterations in order
+    for g, generation in enumerate(generations):
+        table = generation["mask_seeds"]
+        used, columns = [], []
+        for scoring in scorings[6 * g : 6 * (g + 1)]:
+            positions = [(table == seed).nonzero().tolist() for seed in scoring["seeds"].tolist()]
+            assert all(len(p) == 1 for p in positions)
+            used += [tuple(p[0]) for p in positions]
+            columns.append({p[0][1] for p in positions})
+        assert sorted(used) == [(row, k) for row in range(4) for k in range(mu)]
+        assert columns == [{0}, {0}, {1}, {1}, {2}, {2}]
+    assert first_logged(trainer, "kl") == 0.0
+    # forward passes besides generation, per generation batch: mu old-policy passes and mu reference passes over
+    # the batch (in chunks of per_device_train_batch_size), and one per optimisation micro-step
+    chunks = spg
+    assert trainer.passes["rollout"] == 2 * config.diffusion_steps
+    assert trainer.passes["no_grad"] == 2 * mu * chunks
+    assert trainer.passes["ref"] == 2 * mu * chunks
+    assert trainer.passes["grad"] == 12
+
+
+def test_fixed_mask_without_random_masking(tmp_path, standin_model_path):
+    config = make_config(
+        tmp_path, num_iterations=2, steps_per_generation=1, random_masking=False, max_steps=2, beta=0.04
+    )
+    trainer = TracedTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
+    trainer.train()
+    (generation,) = trainer.trace["generation"]
+    assert generation["mask_seeds"].shape == (4, 1) and generation["old_per_token_logps"].shape[1] == 1
+    assert all(torch.equal(s["seeds"], generation["mask_seeds"][:, 0]) for s in trainer.trace["scoring"])
+    assert trainer.passes["no_grad"] == 1 and trainer.passes["ref"] == 1  # one mask: one pass each
+
+
+# --- KL against a reference ---
+
+
+@pytest.mark.parametrize(("num_iterations", "reference"), [(1, "full"), (1, "peft"), (2, "peft")])
+def test_beta_with_reference_model(tmp_path, standin_model_path, num_iterations, reference):
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]) if reference == "peft" else None
+    config = make_config(tmp_path, beta=0.04, num_iterations=num_iterations, steps_per_generation=1, max_steps=2)
+    trainer = TracedTrainer(
+        standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset(), peft_config=peft_config
+    )
+    assert (trainer.ref_model is None) == (reference == "peft")
+    before = trainable_snapshot(trainer)
+    if reference == "peft":
+        assert before and all("lora_" in name for name in before)
+    trainer.train()
+    assert_all_changed(trainer, before)
+    assert first_logged(trainer, "kl") == 0.0
+    kls = [entry["kl"] for entry in trainer.state.log_history if "kl" in entry]
+    assert len(kls) == 2 and all(np.isfinite(kls))
+    generations = 2 // num_iterations
+    old_passes = 0 if num_iterations == 1 else num_iterations  # TRL skips old log-probs when nothing is stale
+    ref_passes = num_iterations
+    if reference == "peft":  # the reference is the policy with its adapter disabled
+        assert trainer.passes["no_grad"] == generations * (old_passes + ref_passes)
+    else:
+        assert trainer.passes["no_grad"] == generations * old_passes
+        assert trainer.passes["ref"] == generations * ref_passes
+    assert trainer.passes["grad"] == 2
+
+
+# --- every loss type ---
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "level"), [(loss, "token") for loss in LOSS_TYPES] + [("grpo", "sequence"), ("dapo", "sequence")]
+)
+def test_every_loss_type_trains_every_parameter(tmp_path, standin_model_path, loss_type, level):
+    config = make_config(tmp_path, loss_type=loss_type, importance_sampling_level=level)
+    trainer = DiffuGRPOTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
+    before = trainable_snapshot(trainer)
+    trainer.train()
+    assert_all_changed(trainer, before)
+    assert np.isfinite(first_logged(trainer, "loss"))
+
+
+# --- randomness, determinism, resumption ---
+
+
+def test_generation_and_scoring_leave_global_rng_untouched(tmp_path, standin_model_path):
+    config = make_config(tmp_path, num_iterations=2, beta=0.04)
+    trainer = DiffuGRPOTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
+    trainer.model.train()
+    batch = [trainer.train_dataset[0]] * 4
+    states = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    output = trainer._generate_and_score_completions(batch)
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert np.array_equal(np.random.get_state()[1], states[1]) and random.getstate() == states[2]
+    assert output["mask_seeds"].shape == (4, 2) and output["old_per_token_logps"].shape[:2] == (4, 2)
+
+
+def train_weights(trainer, **train_kwargs):
+    trainer.train(**train_kwargs)
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+
+def test_same_seed_gives_identical_weights(tmp_path, standin_model_path):
+    weights = []
+    for run in range(2):
+        config = make_config(tmp_path / str(run), num_iterations=2, steps_per_generation=1, max_steps=2)
+        trainer = DiffuGRPOTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
+        weights.append(train_weights(trainer))
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+
+
+def test_resume_at_generation_boundary_matches_uninterrupted_run(tmp_path, standin_model_path):
+    # num_iterations=2, steps_per_generation=1: a generation batch every 2 optimizer steps; save at step 2.
+    common = {"num_iterations": 2, "steps_per_generation": 1, "max_steps": 4, "save_strategy": "steps"}
+    config = make_config(tmp_path, save_steps=2, **common)
+    trainer = DiffuGRPOTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
+    uninterrupted = train_weights(trainer)
+    resumed_trainer = DiffuGRPOTrainer(
+        standin_model_path,
+        reward_char_sum,
+        args=make_config(tmp_path, save_steps=100, **common),
+        train_dataset=prompts_dataset(),
+    )
+    resumed = train_weights(resumed_trainer, resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert resumed_trainer.state.global_step == 4
+    assert all(torch.equal(uninterrupted[n], resumed[n]) for n in uninterrupted)
+
+
+# --- refused options ---
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the option was refused")
+
+    monkeypatch.setattr("trl.trainer.grpo_trainer.create_model_from_path", refuse)
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", refuse)
+
+
+@pytest.mark.parametrize(
+    "option", ["use_vllm", "use_transformers_continuous_batching", "use_transformers_paged", "use_liger_kernel"]
+)
+def test_refused_config_options(tmp_path, standin_model_path, no_model_loading, option):
+    with pytest.raises(ValueError, match=option):
+        make_config(tmp_path, **{option: True})
+    config = make_config(tmp_path)
+    setattr(config, option, True)  # set after construction: the trainer checks again
+    with pytest.raises(ValueError, match=option):
+        DiffuGRPOTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("top_p", 0.9), ("top_k", 5), ("min_p", 0.1), ("generation_kwargs", {"num_beams": 2})]
+)
+def test_refused_autoregressive_sampling_options(tmp_path, option, value):
+    with pytest.raises(ValueError, match=option):
+        make_config(tmp_path, **{option: value})
+
+
+def test_refused_trainer_arguments(tmp_path, standin_model_path, no_model_loading):
+    def tool(x: int) -> int:
+        """Identity.
+
+        Args:
+            x: a number.
+        """
+        return x
+
+    kwargs = {"reward_funcs": reward_char_sum, "args": make_config(tmp_path), "train_dataset": prompts_dataset()}
+    with pytest.raises(ValueError, match="tools"):
+        DiffuGRPOTrainer(standin_model_path, tools=[tool], **kwargs)
+    with pytest.raises(ValueError, match="environment_factory"):
+        DiffuGRPOTrainer(standin_model_path, environment_factory=object, **kwargs)
+    with pytest.raises(ValueError, match="ProcessorMixin"):
+        DiffuGRPOTrainer(standin_model_path, processing_class=LlavaProcessor.__new__(LlavaProcessor), **kwargs)
+    from trl import GRPOConfig
+
+    with pytest.raises(TypeError, match="DiffuGRPOConfig"):
+        DiffuGRPOTrainer(standin_model_path, reward_char_sum, args=GRPOConfig(str(tmp_path), report_to="none"))
+
+
+# --- configuration ---
+
+
+def test_config_defaults_follow_d1(tmp_path):
+    config = DiffuGRPOConfig(str(tmp_path), report_to="none")
+    assert (config.max_completion_length, config.block_length, config.diffusion_steps) == (256, 32, 128)
+    assert (config.temperature, config.scoring_temperature, config.p_mask_prompt) == (0.9, 1.0, 0.15)
+    assert config.random_masking and config.remasking == "low_confidence" and config.cfg_scale == 0.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"max_completion_length": 12, "block_length": 8}, "multiple of `block_length`"),
+        ({"max_completion_length": 16, "block_length": 4, "diffusion_steps": 6}, "number of blocks"),
+        ({"p_mask_prompt": 1.0}, "p_mask_prompt"),
+        ({"remasking": "topk"}, "remasking"),
+        ({"cfg_scale": -1.0}, "cfg_scale"),
+        ({"scoring_temperature": 0.0}, "scoring_temperature"),
+        ({"likelihood_estimator": "elbo"}, "likelihood_estimator"),
+    ],
+)
+def test_config_validation(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        DiffuGRPOConfig(str(tmp_path), report_to="none", **overrides)
+
+
+def test_sampler_config_travels_from_trainer_config(tmp_path, standin_model_path):
+    config = make_config(tmp_path, temperature=0.5, cfg_scale=0.5, diffusion_generation_kwargs={"remasking": "random"})
+    trainer = DiffuGRPOTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
+    generation = trainer.diffusion_generation_config
+    assert (generation.gen_length, generation.block_length, generation.steps) == (8, 4, 4)
+    assert (generation.temperature, generation.cfg_scale, generation.remasking) == (0.5, 0.5, "random")
+    assert generation.mask_token_id == 2 and 1 in generation.eos_token_id
+    config.diffusion_generation_kwargs = {"no_such_option": 1}
+    with pytest.raises(ValueError, match="no_such_option"):
+        trainer._build_generation_config(config)

@@ -1,0 +1,192 @@
+"""Configuration of [`DiffuGRPOTrainer`]: TRL's `GRPOConfig` plus the masked-diffusion sampler and estimator."""
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+
+# GRPOConfig options that cannot apply to a masked diffusion model, with what to use instead.
+UNSUPPORTED_OPTIONS = {
+    "use_vllm": "vLLM has no masked diffusion sampler; completions come from trl_diffusion's sampler. Set "
+    "`use_vllm=False` (speed options of the sampler go in `diffusion_generation_kwargs`).",
+    "use_transformers_continuous_batching": "continuous batching is an autoregressive decoding scheme; set it to "
+    "False (the diffusion sampler batches the whole generation batch).",
+    "use_transformers_paged": "paged attention is an autoregressive decoding scheme; set it to False.",
+    "use_liger_kernel": "Liger kernels patch causal-LM heads and losses; set `use_liger_kernel=False`.",
+}
+# Autoregressive sampling knobs with no meaning for the diffusion sampler, and their neutral values.
+NEUTRAL_SAMPLING_OPTIONS = {
+    "top_p": 1.0,
+    "top_k": 0,
+    "min_p": None,
+    "repetition_penalty": 1.0,
+    "cache_implementation": None,
+    "generation_kwargs": None,
+}
+
+
+def check_supported_options(args) -> None:
+    """Raise a `ValueError` naming the first option of `args` that a masked diffusion model cannot use."""
+    for name, advice in UNSUPPORTED_OPTIONS.items():
+        if getattr(args, name, False):
+            raise ValueError(f"`{name}=True` is not supported for masked diffusion models: {advice}")
+    for name, neutral in NEUTRAL_SAMPLING_OPTIONS.items():
+        value = getattr(args, name, neutral)
+        if value != neutral and not (name == "top_k" and value is None):
+            raise ValueError(
+                f"`{name}={value!r}` is an autoregressive sampling option that the masked diffusion sampler does not "
+                f"apply; leave it at {neutral!r}. The diffusion sampler is tuned with `temperature`, `remasking`, "
+                "`cfg_scale`, `block_length`, `diffusion_steps` and `diffusion_generation_kwargs`."
+            )
+
+
+@dataclass
+class DiffuGRPOConfig(GRPOConfig):
+    r"""
+    Configuration class for [`DiffuGRPOTrainer`]: every [`~trl.GRPOConfig`] field keeps its meaning, plus the
+    fields of the masked-diffusion sampler and of d1's log-probability estimator (arXiv 2504.12216).
+
+    `temperature` is the sampling temperature of the diffusion sampler (Gumbel noise); log-probabilities are scored
+    at `scoring_temperature` (d1 samples at 0.9 and scores at 1). `max_completion_length` is the fixed generation
+    length. d1's recipe (section 4): `beta=0.04`, `num_iterations=12`, `epsilon=0.5`, `num_generations=6`,
+    `learning_rate=3e-6`, `scale_rewards="none"`, LoRA r=128 / alpha=64; those fields keep TRL's defaults here so
+    that a GRPO script behaves the same after swapping the class.
+
+    Parameters that differ from [`~trl.GRPOConfig`]:
+
+        max_completion_length (`int`, *optional*, defaults to `256`):
+            Number of tokens the sampler generates (d1: 256). Must be a multiple of `block_length`.
+        temperature (`float`, *optional*, defaults to `0.9`):
+            Gumbel-noise temperature of the diffusion sampler (d1: 0.9); `0` samples greedily.
+
+    > Parameters of the masked diffusion sampler
+
+        block_length (`int`, *optional*):
+            Length of the semi-autoregressive blocks the answer is generated in. Defaults to 32 (LLaDA, d1), or to
+            `max_completion_length` when that is shorter (a single block).
+        diffusion_steps (`int`, *optional*):
+            Number of denoising steps over the whole answer, split evenly across blocks. Defaults to
+            `max_completion_length // 2` (d1: 128 steps for 256 tokens).
+        remasking (`str`, *optional*, defaults to `"low_confidence"`):
+            Which masked positions to unmask at each step: `"low_confidence"` (most confident first, LLaDA) or
+            `"random"`.
+        cfg_scale (`float`, *optional*, defaults to `0.0`):
+            Classifier-free guidance scale of the sampler; `0` disables guidance (d1).
+        mask_token_id (`int`, *optional*):
+            Id of the `[MASK]` token. Defaults to the model family's entry in `trl_diffusion.MODEL_SPECS`, then to
+            the model config or tokenizer.
+
+        diffusion_generation_kwargs (`dict`, *optional*):
+            Further fields of `trl_diffusion.sampling.DiffusionGenerationConfig` (e.g. rollout-speed options),
+            applied on top of the fields above. Replaces `generation_kwargs`, which configures autoregressive
+            decoding.
+
+    > Parameters of the log-probability estimator
+
+        likelihood_estimator (`str`, *optional*, defaults to `"one_step"`):
+            Name of the per-token log-probability estimator in `trl_diffusion.likelihood.LOGP_ESTIMATORS`;
+            `"one_step"` is d1's (fully masked completion, randomly masked prompt).
+        p_mask_prompt (`float`, *optional*, defaults to `0.15`):
+            Probability of masking each prompt token in the estimator (d1: 0.15).
+        random_masking (`bool`, *optional*, defaults to `True`):
+            Whether each inner GRPO iteration (of `num_iterations`) draws its own prompt mask (d1). If `False`, one
+            mask per generation batch serves all iterations.
+        scoring_temperature (`float`, *optional*, defaults to `1.0`):
+            Temperature the logits are divided by when scoring log-probabilities (d1: 1.0).
+    """
+
+    _VALID_DICT_FIELDS = GRPOConfig._VALID_DICT_FIELDS + ["diffusion_generation_kwargs"]
+
+    max_completion_length: int | None = field(
+        default=256,
+        metadata={"help": "Number of tokens the diffusion sampler generates (d1: 256); a multiple of block_length."},
+    )
+    temperature: float = field(
+        default=0.9,
+        metadata={"help": "Gumbel-noise temperature of the diffusion sampler (d1: 0.9); 0 samples greedily."},
+    )
+    block_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Length of the semi-autoregressive blocks of the sampler; defaults to 32 (LLaDA, d1), or to "
+            "max_completion_length when that is shorter."
+        },
+    )
+    diffusion_steps: int | None = field(
+        default=None,
+        metadata={"help": "Denoising steps over the whole answer; defaults to max_completion_length // 2 (d1)."},
+    )
+    remasking: str = field(
+        default="low_confidence",
+        metadata={"help": "Remasking strategy of the sampler.", "choices": ["low_confidence", "random"]},
+    )
+    cfg_scale: float = field(
+        default=0.0,
+        metadata={"help": "Classifier-free guidance scale of the sampler; 0 disables guidance (d1)."},
+    )
+    mask_token_id: int | None = field(
+        default=None,
+        metadata={"help": "Id of the [MASK] token; defaults to the model spec, then the model config or tokenizer."},
+    )
+    diffusion_generation_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Further fields of trl_diffusion.sampling.DiffusionGenerationConfig (e.g. speed options)."},
+    )
+    likelihood_estimator: str = field(
+        default="one_step",
+        metadata={"help": "Name of the log-probability estimator in trl_diffusion.likelihood.LOGP_ESTIMATORS."},
+    )
+    p_mask_prompt: float = field(
+        default=0.15,
+        metadata={"help": "Probability of masking each prompt token in the log-probability estimate (d1: 0.15)."},
+    )
+    random_masking: bool = field(
+        default=True,
+        metadata={"help": "Whether each inner iteration draws its own prompt mask (d1); else one mask for all."},
+    )
+    scoring_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Temperature the logits are divided by when scoring log-probabilities (d1: 1.0)."},
+    )
+
+    def __post_init__(self):
+        check_supported_options(self)
+        super().__post_init__()
+        from trl_diffusion.likelihood import LOGP_ESTIMATORS
+
+        if self.max_completion_length is None or self.max_completion_length <= 0:
+            raise ValueError(
+                "`max_completion_length` must be a positive integer: a masked diffusion model generates a fixed "
+                f"number of tokens (d1 uses 256). Got {self.max_completion_length!r}."
+            )
+        if self.block_length is None:
+            self.block_length = min(32, self.max_completion_length)
+        if self.block_length <= 0 or self.max_completion_length % self.block_length != 0:
+            raise ValueError(
+                f"`max_completion_length` ({self.max_completion_length}) must be a positive multiple of "
+                f"`block_length` ({self.block_length}); e.g. set `block_length` to a divisor of it."
+            )
+        if self.diffusion_steps is None:
+            self.diffusion_steps = max(1, self.max_completion_length // 2)
+        num_blocks = self.max_completion_length // self.block_length
+        if self.diffusion_steps <= 0 or self.diffusion_steps % num_blocks != 0:
+            raise ValueError(
+                f"`diffusion_steps` ({self.diffusion_steps}) must be a positive multiple of the number of blocks "
+                f"({num_blocks} = max_completion_length / block_length), since every block gets the same number of "
+                "steps."
+            )
+        if self.remasking not in ("low_confidence", "random"):
+            raise ValueError(f"`remasking` must be 'low_confidence' or 'random', got {self.remasking!r}.")
+        if self.cfg_scale < 0:
+            raise ValueError(f"`cfg_scale` must be >= 0 (0 disables guidance), got {self.cfg_scale}.")
+        if not 0.0 <= self.p_mask_prompt < 1.0:
+            raise ValueError(f"`p_mask_prompt` must be in [0, 1) (d1 uses 0.15), got {self.p_mask_prompt}.")
+        if self.temperature < 0:
+            raise ValueError(f"`temperature` must be >= 0 (0 samples greedily), got {self.temperature}.")
+        if self.scoring_temperature <= 0:
+            raise ValueError(f"`scoring_temperature` must be > 0 (d1 uses 1.0), got {self.scoring_temperature}.")
+        if self.likelihood_estimator not in LOGP_ESTIMATORS:
+            raise ValueError(
+                f"Unknown `likelihood_estimator` {self.likelihood_estimator!r}; choose one of "
+                f"{sorted(LOGP_ESTIMATORS)}."
+            )

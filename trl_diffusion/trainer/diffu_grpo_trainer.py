@@ -1,0 +1,320 @@
+"""diffu-GRPO (d1, arXiv 2504.12216) for masked diffusion language models as a subclass of TRL's `GRPOTrainer`."""
+
+import contextlib
+import textwrap
+from dataclasses import fields
+
+import torch
+from transformers import AutoTokenizer, ProcessorMixin
+from trl import GRPOTrainer
+from trl.extras.profiling import profiling_context
+from trl.models import unwrap_model_for_generation
+from trl.trainer.utils import get_config_model_id, pad
+
+from trl_diffusion.likelihood import LOGP_ESTIMATORS, derive_mask_seeds, derive_seed
+from trl_diffusion.models.spec import get_model_spec, require_mask_token_id
+from trl_diffusion.sampling import DiffusionGenerationConfig, generate
+from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig, check_supported_options
+
+
+# The scored sequence is left-padded to a multiple of this length so that a row's log-probs do not depend, even in
+# the last bit, on its position in a micro-batch (CPU kernels block tokens): old-policy log-probs computed at
+# generation time then equal the current ones exactly at the first inner iteration, after TRL's shuffle and split.
+_SCORING_LENGTH_MULTIPLE = 16
+# Tags that keep the seed streams of rollouts, training masks and evaluation apart.
+_ROLLOUT_STREAM, _TRAIN_STREAM, _EVAL_STREAM = 1, 2, 3
+
+
+class DiffuGRPOTrainer(GRPOTrainer):
+    """
+    [`~trl.GRPOTrainer`] for masked diffusion language models (LLaDA, Dream): diffu-GRPO from d1
+    (arXiv 2504.12216). Use it exactly like `GRPOTrainer`, with a [`DiffuGRPOConfig`].
+
+    What changes, and only there:
+
+    - Generation (`_generate_single_turn`): completions come from [`rollout`], which runs the masked diffusion
+      sampler (`trl_diffusion.sampling.generate`) inside TRL's own context managers (unwrapping for ZeRO-3, no-grad,
+      full-parameter summoning). Rollout randomness comes from a generator seeded from the config seed, the step and
+      the rank: no global RNG is touched.
+    - Scoring (`_get_per_token_logps_and_entropies`): d1's one-step estimate (or another estimator of
+      `trl_diffusion.likelihood.LOGP_ESTIMATORS`), with a prompt mask drawn from a seed carried by each row.
+    - Each generation batch carries `mask_seeds` of shape (B, num_iterations) (one column without
+      `random_masking`). Old-policy and reference log-probs are computed at generation time for every column,
+      shape (B, mu, C), and the loss (`_compute_loss`) of inner iteration `k = (_step // steps_per_generation) %
+      num_iterations` uses column `k` for all three of them (d1, section 3.2).
+
+    Inherited unchanged: datasets and prompt repetition, chat templates, reward functions and weights, advantage
+    computation (`scale_rewards`, `multi_objective_aggregation`), every `loss_type` and `importance_sampling_level`,
+    clipping, the KL term against a full reference model or a disabled PEFT adapter, `sync_ref_model`,
+    `mask_truncated_completions`, entropy masking and bonus, buffering / shuffling / splitting of generation
+    batches, logging, model cards, checkpoints, accelerate / DeepSpeed integration.
+
+    Refused before TRL's initialisation (a `ValueError` says what to use instead): vLLM, continuous batching and
+    other autoregressive decoding options, tools and environments, vision-language processors, Liger kernels.
+    """
+
+    _tag_names = ["trl", "grpo", "trl-diffusion", "diffu-grpo"]
+    _name = "diffu-GRPO"
+    _paper = {
+        "title": "d1: Scaling Reasoning in Diffusion Large Language Models via Reinforcement Learning",
+        "id": "2504.12216",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{zhao2025d1,
+                title        = {{d1: Scaling Reasoning in Diffusion Large Language Models via Reinforcement Learning}},
+                author       = {Siyan Zhao and Devaansh Gupta and Qinqing Zheng and Aditya Grover},
+                year         = 2025,
+                eprint       = {arXiv:2504.12216},
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: DiffuGRPOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+        rollout_func=None,
+        environment_factory=None,
+    ):
+        # Everything a masked diffusion model cannot use is refused here, before any model is loaded.
+        model_id = model if isinstance(model, str) else get_config_model_id(model.config)
+        if args is None:
+            args = DiffuGRPOConfig(f"{model_id.split('/')[-1]}-DiffuGRPO")
+        elif not isinstance(args, DiffuGRPOConfig):
+            raise TypeError(
+                f"`args` must be a DiffuGRPOConfig, got {type(args).__name__}. Build it with the same fields: "
+                "`DiffuGRPOConfig(**your_grpo_config.to_dict())` or replace `GRPOConfig(` by `DiffuGRPOConfig(`."
+            )
+        check_supported_options(args)
+        if tools:
+            raise ValueError(
+                "`tools` are not supported: tool calling interleaves autoregressive decoding with tool outputs, "
+                "which a masked diffusion sampler cannot do. Remove `tools` (use GRPOTrainer for tool use)."
+            )
+        if environment_factory is not None:
+            raise ValueError(
+                "`environment_factory` is not supported: environments drive multi-turn tool calling. Remove it and "
+                "pass a `train_dataset` with a `prompt` column and `reward_funcs`."
+            )
+        if isinstance(processing_class, ProcessorMixin):
+            raise ValueError(
+                "Vision-language processors (`processing_class` is a ProcessorMixin) are not supported: the "
+                "diffusion sampler and estimator are text-only. Pass the text tokenizer instead."
+            )
+        if processing_class is None:  # a tokenizer, never a multimodal processor
+            processing_class = AutoTokenizer.from_pretrained(
+                model_id, padding_side="left", truncation_side="left", trust_remote_code=args.trust_remote_code
+            )
+        self._active_mask_seeds = None  # (B,) or (B, n) while scoring; see `_mask_seeds`
+        self._eval_generations = 0
+        super().__init__(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            rollout_func=rollout_func,
+        )
+        if self.aux_loss_enabled:
+            raise ValueError(
+                "The MoE load-balancing loss is not supported by the diffusion log-prob estimator; set "
+                "`router_aux_loss_coef=0.0`."
+            )
+        self.diffusion_spec = get_model_spec(self.model, self._tokenizer, mask_token_id=args.mask_token_id)
+        self.mask_token_id = require_mask_token_id(self.diffusion_spec)
+        self.logp_estimator = LOGP_ESTIMATORS[args.likelihood_estimator]
+        self.diffusion_generation_config = self._build_generation_config(args)
+
+    def _build_generation_config(self, args: DiffuGRPOConfig) -> DiffusionGenerationConfig:
+        """The sampler's config, from the trainer config (`diffusion_generation_kwargs` applied last)."""
+        extra = dict(args.diffusion_generation_kwargs or {})
+        known = {f.name for f in fields(DiffusionGenerationConfig)}
+        unknown = sorted(set(extra) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown `diffusion_generation_kwargs` {unknown}; DiffusionGenerationConfig fields are "
+                f"{sorted(known)}."
+            )
+        values = {
+            "gen_length": args.max_completion_length,
+            "block_length": args.block_length,
+            "steps": args.diffusion_steps,
+            "temperature": args.temperature,
+            "remasking": args.remasking,
+            "cfg_scale": args.cfg_scale,
+            "mask_token_id": self.mask_token_id,
+            "eos_token_id": list(dict.fromkeys([*self.eos_token_ids, *self.diffusion_spec.eos_token_ids])),
+            "pad_token_id": self._tokenizer.pad_token_id,
+            "logit_shift": self.diffusion_spec.logit_shift,
+        }
+        return DiffusionGenerationConfig(**{**values, **extra})
+
+    def rollout(
+        self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """
+        Hook that generates answers: left-padded `prompt_ids` (B, P) and `prompt_mask` (B, P) in, the prompt
+        followed by `max_completion_length` generated tokens (B, P + L) out.
+
+        Runs `trl_diffusion.sampling.generate` with `self.diffusion_generation_config`, which is built from the
+        trainer config; sampler options (e.g. rollout-speed options) reach it through `diffusion_generation_kwargs`.
+        Called with the unwrapped model, under `torch.no_grad()`, with every rank running the same number of
+        forward passes (required under ZeRO-3 without gathering).
+        """
+        return generate(
+            model, prompt_ids, attention_mask=prompt_mask, config=self.diffusion_generation_config, generator=generator
+        )
+
+    def _generation_step(self) -> int:
+        # Micro-step at which the current generation batch is made. `_step` restarts at 0 when training resumes
+        # from a checkpoint while `global_step` is restored, so the key survives resumption at optimizer steps.
+        accumulation = self.args.gradient_accumulation_steps
+        return self.state.global_step * accumulation + self._step % accumulation
+
+    @contextlib.contextmanager
+    def _mask_seeds(self, seeds: torch.Tensor):
+        """Make `seeds` ((B,) or (B, n)) the prompt-mask seeds of the scoring calls inside the block."""
+        previous, self._active_mask_seeds = self._active_mask_seeds, seeds
+        try:
+            yield
+        finally:
+            self._active_mask_seeds = previous
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        """Sample completions with [`rollout`]; returns TRL's `(completion_ids, None)`, cut after the first EOS."""
+        if images is not None or multimodal_fields:
+            raise ValueError("Image inputs are not supported by the masked diffusion sampler; use text-only prompts.")
+        device = self.accelerator.device
+        prompt_tensors = [torch.tensor(ids) for ids in prompt_ids]
+        padded = pad(prompt_tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        prompt_mask = pad([torch.ones_like(t) for t in prompt_tensors], padding_value=0, padding_side="left")
+        prompt_mask = prompt_mask.to(device)  # (B, P)
+        if self.model.training:
+            key = (_ROLLOUT_STREAM, self._generation_step())
+        else:
+            key = (_EVAL_STREAM, self.state.global_step, self._eval_generations)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(derive_seed(self.args.seed, *key, self.accelerator.process_index))
+        with (
+            profiling_context(self, "diffusion.generate"),
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped_model,
+            torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+        ):
+            sequences = self.rollout(unwrapped_model, padded, prompt_mask, generator)  # (B, P + L)
+        completion_ids = sequences[:, padded.size(1) :]  # (B, L)
+        # Keep everything up to and including the first EOS, as GRPOTrainer does for autoregressive generation.
+        eos_ids = torch.tensor(self.diffusion_generation_config.eos_token_id, device=completion_ids.device)
+        is_eos = torch.isin(completion_ids, eos_ids)  # (B, L)
+        lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, completion_ids.size(1))  # (B,)
+        return [row[:n].tolist() for row, n in zip(completion_ids.cpu(), lengths.tolist(), strict=True)], None
+
+    def _generate_and_score_completions(self, inputs):
+        """TRL's generation and scoring, with per-row mask seeds (B, n) attached and used for every scoring pass."""
+        training = self.model.training
+        num_masks = self.num_iterations if training and self.args.random_masking else 1
+        if training:
+            key = (_TRAIN_STREAM, self._generation_step())
+        else:
+            key = (_EVAL_STREAM, self.state.global_step, self._eval_generations)
+        seeds = derive_mask_seeds(
+            self.args.seed, derive_seed(*key), self.accelerator.process_index, len(inputs), num_masks
+        )
+        seeds = seeds.to(self.accelerator.device)  # (B, n)
+        with self._mask_seeds(seeds):
+            output = super()._generate_and_score_completions(inputs)
+        if not training:
+            self._eval_generations += 1
+        output["mask_seeds"] = seeds
+        return output
+
+    def _compute_loss(self, model, inputs):
+        """TRL's loss at inner iteration `k`: mask seeds, old and reference log-probs all taken from column `k`."""
+        seeds = inputs["mask_seeds"]  # (b, n)
+        column = 0
+        if self.model.training and seeds.size(1) > 1:
+            column = (self._step // self.args.steps_per_generation) % self.num_iterations
+        inputs = dict(inputs)
+        for name in ("old_per_token_logps", "ref_per_token_logps"):
+            if inputs.get(name) is not None:
+                inputs[name] = inputs[name][:, column]  # (b, n, C) -> (b, C)
+        with self._mask_seeds(seeds[:, column]):
+            return super()._compute_loss(model, inputs)
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **multimodal_inputs,
+    ):
+        """
+        Per-token log-probs of the completion (the last `logits_to_keep` columns of `input_ids`) under the
+        diffusion estimator, in chunks of `batch_size` rows, using the mask seeds of the enclosing `_mask_seeds`
+        block: (B,) seeds give (B, C) outputs; (B, n) seeds give (B, n, C), one estimator pass per column.
+        Returns TRL's `(logps, entropies or None, None)`.
+        """
+        if self._active_mask_seeds is None:
+            raise RuntimeError("Diffusion log-probs need per-row mask seeds; call inside `_mask_seeds(...)`.")
+        if any(value is not None for value in multimodal_inputs.values()):
+            raise ValueError("Multimodal inputs are not supported by the masked diffusion log-prob estimator.")
+        seeds = self._active_mask_seeds
+        per_iteration = seeds.dim() == 2
+        seeds = seeds if per_iteration else seeds.unsqueeze(1)  # (B, n)
+        prompt_length = input_ids.size(1) - logits_to_keep
+        batch_size = batch_size or input_ids.size(0)
+        all_logps, all_entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            rows = slice(start, start + batch_size)
+            chunk_logps, chunk_entropies = [], []
+            for column in range(seeds.size(1)):
+                with self.accelerator.autocast():
+                    logps, entropies = self.logp_estimator(
+                        model,
+                        input_ids[rows, :prompt_length],
+                        attention_mask[rows, :prompt_length],
+                        input_ids[rows, prompt_length:],
+                        seeds[rows, column],
+                        mask_token_id=self.mask_token_id,
+                        p_mask_prompt=self.args.p_mask_prompt,
+                        logit_shift=self.diffusion_spec.logit_shift,
+                        num_masked_slots=self.max_completion_length,
+                        temperature=self.args.scoring_temperature,
+                        compute_entropy=compute_entropy,
+                        pad_to_multiple_of=_SCORING_LENGTH_MULTIPLE,
+                    )
+                chunk_logps.append(logps)
+                chunk_entropies.append(entropies)
+            all_logps.append(torch.stack(chunk_logps, dim=1))  # (b, n, C)
+            if compute_entropy:
+                all_entropies.append(torch.stack(chunk_entropies, dim=1))
+        logps = torch.cat(all_logps, dim=0)  # (B, n, C)
+        entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
+        if not per_iteration:
+            logps = logps.squeeze(1)
+            entropies = entropies.squeeze(1) if entropies is not None else None
+        return logps, entropies, None
