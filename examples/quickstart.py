@@ -25,7 +25,7 @@ SEED, OUT = 0, "quickstart_output"
 # 1. Offline tokenizer (characters; pad 0, EOS 1, mask 2), a tiny LLaDA model from scratch, and the task's data.
 tokenizer = build_tokenizer()
 init_path = save_tiny_model(
-    f"{OUT}/init", kind="llada", tokenizer=tokenizer, hidden_size=128, num_layers=3, num_heads=4,
+    f"{OUT}/init", kind="llada", tokenizer=tokenizer, hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=4,
     intermediate_size=512, seed=SEED,
 )  # fmt: skip
 held_out = held_out_prompts()  # 500 fixed prompts; the training streams below reject every one of them

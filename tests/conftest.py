@@ -29,13 +29,19 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def official_llada_path(tmp_path_factory, tokenizer):
     """A tiny random LLaDA checkpoint in the official layout (GQA: 4 query heads, 2 key/value heads)."""
     from trl_diffusion.testing import save_official_llada_checkpoint
+
     return save_official_llada_checkpoint(tmp_path_factory.mktemp("official_llada"), tokenizer=tokenizer)
+
+
 @pytest.fixture(scope="session")
 def official_dream_path(tmp_path_factory, tokenizer):
     """A tiny random Dream checkpoint in the official (Qwen2) layout (GQA: 4 query heads, 2 key/value heads)."""
     from trl_diffusion.testing import save_official_dream_checkpoint
+
     return save_official_dream_checkpoint(tmp_path_factory.mktemp("official_dream"), tokenizer=tokenizer)

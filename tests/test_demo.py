@@ -117,7 +117,6 @@ def test_reward_rejects_foreign_prompts():
 
 
 def test_decode_answers_cuts_at_eos_and_keeps_special_tokens(tokenizer):
-    pytest.importorskip("trl_diffusion.sampling")
     from trl_diffusion.demo.evaluation import decode_answers
 
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -193,12 +192,28 @@ def test_quick_demo_writes_well_formed_metrics(quick_demo):
     output_dir, stdout = quick_demo
     with open(output_dir / "metrics.json") as f:
         metrics = json.load(f)
-    expected_keys = {"seed", "device", "settings", "task", "model", "stages", "gains", "timings_s", "curves",
-                     "checkpoints", "plot", "environment"}  # fmt: skip
+    expected_keys = {
+        "seed",
+        "device",
+        "settings",
+        "task",
+        "model",
+        "stages",
+        "gains",
+        "timings_s",
+        "curves",
+        "checkpoints",
+        "plot",
+        "environment",
+    }
     assert expected_keys <= set(metrics)
     assert metrics["seed"] == 3 and metrics["device"] == "cpu"
-    assert metrics["settings"] == {**asdict(DemoConfig.quick()), "seed": 3, "device": "cpu",
-                                   "output_dir": str(output_dir)}  # fmt: skip
+    assert metrics["settings"] == {
+        **asdict(DemoConfig.quick()),
+        "seed": 3,
+        "device": "cpu",
+        "output_dir": str(output_dir),
+    }
     assert metrics["task"]["num_held_out"] == 500
     assert set(metrics["stages"]) == {"untrained", "sft", "rl"}
     for result in metrics["stages"].values():

@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from trl_diffusion.models.dream import DreamConfig, DreamForMaskedDiffusion, DreamModel  # noqa: F401
     from trl_diffusion.models.llada import LLaDAConfig, LLaDAForMaskedDiffusion, LLaDAModel  # noqa: F401
     from trl_diffusion.models.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec  # noqa: F401
-    from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig  # noqa: F401
-    from trl_diffusion.trainer.masked_sft_trainer import MaskedSFTTrainer  # noqa: F401
     from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig  # noqa: F401
     from trl_diffusion.trainer.diffu_grpo_trainer import DiffuGRPOTrainer  # noqa: F401
+    from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig  # noqa: F401
+    from trl_diffusion.trainer.masked_sft_trainer import MaskedSFTTrainer  # noqa: F401

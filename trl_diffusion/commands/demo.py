@@ -16,9 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output-dir", default="demo_output", help="Output directory (default: %(default)s).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of model init, data and trainers (default: 0).")
-    parser.add_argument(
-        "--device", default="auto", help="`auto` (GPU when present), `cpu` or `cuda` (default: auto)."
-    )
+    parser.add_argument("--device", default="auto", help="`auto` (GPU when present), `cpu` or `cuda` (default: auto).")
     parser.add_argument(
         "--quick", action="store_true", help="A few steps on a smaller model: checks the wiring in seconds."
     )

@@ -98,11 +98,21 @@ class DemoConfig:
 
     def __post_init__(self):
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(
-                f"`device` must be 'auto', 'cpu' or 'cuda', got {self.device!r} (pick a GPU with CUDA_VISIBLE_DEVICES)."
+            raise ValueError(  # (a GPU is selected with CUDA_VISIBLE_DEVICES)
+                f"`device` must be 'auto', 'cpu' or 'cuda', got {self.device!r}."
             )
-        positive = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "num_held_out", "sft_steps",
-                    "sft_batch_size", "rl_steps", "rl_prompts_per_step", "num_iterations")  # fmt: skip
+        positive = (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "num_held_out",
+            "sft_steps",
+            "sft_batch_size",
+            "rl_steps",
+            "rl_prompts_per_step",
+            "num_iterations",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
@@ -125,10 +135,19 @@ class DemoConfig:
     def quick(cls, **overrides) -> "DemoConfig":
         """A few steps per stage on a smaller model: checks the wiring in seconds (used by tests), learns little."""
         settings = {
-            "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "eval_every": 2,
-            "sft_steps": 4, "sft_batch_size": 16, "sft_warmup_steps": 1,
-            "rl_steps": 4, "rl_prompts_per_step": 4, "num_generations": 4, "rl_warmup_steps": 1,
-        }  # fmt: skip
+            "hidden_size": 32,
+            "num_layers": 1,
+            "num_heads": 2,
+            "intermediate_size": 64,
+            "eval_every": 2,
+            "sft_steps": 4,
+            "sft_batch_size": 16,
+            "sft_warmup_steps": 1,
+            "rl_steps": 4,
+            "rl_prompts_per_step": 4,
+            "num_generations": 4,
+            "rl_warmup_steps": 1,
+        }
         settings.update(overrides)
         return cls(**settings)
 

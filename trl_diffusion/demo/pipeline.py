@@ -57,9 +57,13 @@ class HeldOutCallback(TrainerCallback):
         if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
             result = self.evaluate_fn(model)
             self.records.append(
-                {"stage": self.stage, "step": self.step_offset + state.global_step, "accuracy": result["accuracy"],
-                 "mean_reward": result["mean_reward"]}
-            )  # fmt: skip
+                {
+                    "stage": self.stage,
+                    "step": self.step_offset + state.global_step,
+                    "accuracy": result["accuracy"],
+                    "mean_reward": result["mean_reward"],
+                }
+            )
             if self.progress is not None:
                 self.progress.held_out_accuracy = result["accuracy"]
 
@@ -128,9 +132,15 @@ def train_sft(config, model, tokenizer, dataset, output_dir, device, evaluate_fn
         per_device_train_batch_size=config.sft_batch_size,
         max_completion_length=ANSWER_LENGTH,
         mask_token_id=tokenizer.mask_token_id,
-        **_common_args(config, device, config.sft_steps, config.sft_learning_rate, config.sft_min_learning_rate,
-                       config.sft_warmup_steps),
-    )  # fmt: skip
+        **_common_args(
+            config,
+            device,
+            config.sft_steps,
+            config.sft_learning_rate,
+            config.sft_min_learning_rate,
+            config.sft_warmup_steps,
+        ),
+    )
     trainer = MaskedSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     held_out = _attach_callbacks(trainer, config, evaluate_fn, "sft", 0, "masked SFT")
     trainer.train()
@@ -154,9 +164,15 @@ def train_rl(config, model, tokenizer, dataset, output_dir, device, evaluate_fn)
         beta=config.beta,
         p_mask_prompt=config.p_mask_prompt,
         mask_token_id=tokenizer.mask_token_id,
-        **_common_args(config, device, config.rl_steps, config.rl_learning_rate, config.rl_min_learning_rate,
-                       config.rl_warmup_steps),
-    )  # fmt: skip
+        **_common_args(
+            config,
+            device,
+            config.rl_steps,
+            config.rl_learning_rate,
+            config.rl_min_learning_rate,
+            config.rl_warmup_steps,
+        ),
+    )
     trainer = DiffuGRPOTrainer(
         model=model, reward_funcs=sorting_reward, args=args, train_dataset=dataset, processing_class=tokenizer
     )
@@ -181,12 +197,18 @@ def format_summary(metrics: dict) -> str:
     for stage in STAGES:
         result = metrics["stages"][stage]
         rows.append(
-            (STAGE_NAMES[stage], f"{100 * result['accuracy']:.1f}%", f"{result['mean_reward']:.3f}",
-             f"{metrics['timings_s'][stage]:.1f}s")
-        )  # fmt: skip
+            (
+                STAGE_NAMES[stage],
+                f"{100 * result['accuracy']:.1f}%",
+                f"{result['mean_reward']:.3f}",
+                f"{metrics['timings_s'][stage]:.1f}s",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
-             for row in rows]  # fmt: skip
+    lines = [
+        "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+        for row in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     held_out = metrics["task"]["num_held_out"]
     lines.append(f"({held_out} held-out prompts, greedy decoding; total {metrics['timings_s']['total']:.1f}s)")
@@ -207,19 +229,27 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     rl_data = rl_dataset(config.rl_steps * config.rl_prompts_per_step, config.seed, held_out)
 
     # A tiny model from scratch, saved first: TRL rebuilds reference models from `config._name_or_path`.
-    init_dir = _save(
-        tiny_llada_model(tokenizer, hidden_size=config.hidden_size, num_layers=config.num_layers,
-                         num_heads=config.num_heads, intermediate_size=config.intermediate_size, seed=config.seed),
-        tokenizer, os.path.join(checkpoints, "init"),
-    )  # fmt: skip
+    init_model = tiny_llada_model(
+        tokenizer,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        num_kv_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        seed=config.seed,
+    )
+    init_dir = _save(init_model, tokenizer, os.path.join(checkpoints, "init"))
     model = AutoModelForCausalLM.from_pretrained(init_dir).to(device)
     num_parameters = sum(p.numel() for p in model.parameters())
 
     # Greedy, one token per step over the whole answer (one block): LLaDA's low-confidence remasking.
     generation_config = DiffusionGenerationConfig(
-        gen_length=ANSWER_LENGTH, block_length=ANSWER_LENGTH, steps=ANSWER_LENGTH, temperature=0.0,
+        gen_length=ANSWER_LENGTH,
+        block_length=ANSWER_LENGTH,
+        steps=ANSWER_LENGTH,
+        temperature=0.0,
         mask_token_id=tokenizer.mask_token_id,
-    )  # fmt: skip
+    )
 
     def evaluate_fn(model_):
         return evaluate(model_, tokenizer, held_out, generation_config)
@@ -280,7 +310,7 @@ def run_demo(config: DemoConfig | None = None) -> dict:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "num_threads": torch.get_num_threads(),
-        },  # fmt: skip
+        },
     }
     metrics["plot"] = plot_training(curves, config.sft_steps, os.path.join(config.output_dir, "training.png"))
     with open(os.path.join(config.output_dir, "metrics.json"), "w") as f:
