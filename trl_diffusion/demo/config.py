@@ -65,6 +65,8 @@ class DemoConfig:
             Final RL learning rate of the cosine decay.
         rl_warmup_steps (`int`, *optional*, defaults to `30`):
             RL warmup steps.
+        logging_steps (`int`, *optional*, defaults to `5`):
+            Trainer logging period in steps (SFT loss and RL rollout reward in the curves).
         show_progress (`bool`, *optional*, defaults to `True`):
             Progress bars and the summary table in the terminal.
     """
@@ -94,6 +96,7 @@ class DemoConfig:
     rl_learning_rate: float = field(default=3e-4, metadata={"help": "Peak RL learning rate."})
     rl_min_learning_rate: float = field(default=3e-5, metadata={"help": "Final RL learning rate."})
     rl_warmup_steps: int = field(default=30, metadata={"help": "RL warmup steps."})
+    logging_steps: int = field(default=5, metadata={"help": "Trainer logging period in steps."})
     show_progress: bool = field(default=True, metadata={"help": "Progress bars and summary table."})
 
     def __post_init__(self):
@@ -140,6 +143,7 @@ class DemoConfig:
             "num_heads": 2,
             "intermediate_size": 64,
             "eval_every": 2,
+            "logging_steps": 1,
             "sft_steps": 4,
             "sft_batch_size": 16,
             "sft_warmup_steps": 1,

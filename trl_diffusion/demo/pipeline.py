@@ -113,7 +113,7 @@ def _common_args(config: DemoConfig, device: str, steps: int, learning_rate: flo
         "warmup_steps": warmup,
         "max_grad_norm": 1.0,
         "weight_decay": 0.0,
-        "logging_steps": 5,
+        "logging_steps": config.logging_steps,
         "save_strategy": "no",
         "report_to": "none",
         "seed": config.seed,
