@@ -49,7 +49,13 @@ model = AutoModelForCausalLM.from_pretrained(init_path)
 report("untrained", model)
 
 # 2. Masked SFT (LLaDA): mask a random fraction t of the answer tokens, weight the masked-token loss by 1/t.
-schedule = {"lr_scheduler_type": "cosine_with_min_lr", "report_to": "none", "save_strategy": "no", "seed": SEED}
+schedule = {
+    "lr_scheduler_type": "cosine_with_min_lr",
+    "bf16": False,
+    "report_to": "none",
+    "save_strategy": "no",
+    "seed": SEED,
+}
 sft_args = MaskedSFTConfig(
     output_dir=f"{OUT}/sft", max_steps=250, per_device_train_batch_size=64, learning_rate=1e-3, warmup_steps=20,
     lr_scheduler_kwargs={"min_lr": 1e-4}, max_completion_length=ANSWER_LENGTH,

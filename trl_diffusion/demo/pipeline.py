@@ -112,6 +112,9 @@ def _common_args(config: DemoConfig, device: str, steps: int, learning_rate: flo
         "lr_scheduler_kwargs": {"min_lr": min_lr},
         "warmup_steps": warmup,
         "max_grad_norm": 1.0,
+        # TRL's configs default to bf16 mixed precision; the tiny model trains in float32 (fast on CPU, and the
+        # in-memory model then computes exactly what its saved checkpoint computes).
+        "bf16": False,
         "weight_decay": 0.0,
         "logging_steps": config.logging_steps,
         "save_strategy": "no",
