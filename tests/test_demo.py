@@ -180,6 +180,7 @@ def quick_demo(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("demo")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.setdefault("OMP_NUM_THREADS", "1")  # test workers run side by side (pytest -n 2): one thread each
     command = [sys.executable, "-m", "trl_diffusion.cli", "demo", "--quick", "--device", "cpu", "--seed", "3"]
     result = subprocess.run(
         [*command, "--output-dir", str(output_dir)], capture_output=True, text=True, env=env, cwd=root, timeout=600
