@@ -1,4 +1,9 @@
+import json
+import os
 import random
+import subprocess
+import sys
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -88,7 +93,7 @@ def test_task_does_not_touch_global_rng():
 def test_reward_matches_reference_on_hand_picked_and_random_completions():
     prompts = ["83150=", "83150=", "83150=", "83150=", "99999999=", "99999999=", "10000="]
     completions = ["01358", "", "013585", "10358", "99999999", "9999999", "00001"]
-    expected = [2.0, 3 / 8, 7 / 8, 6 / 8, 2.0, 7 / 8, 2.0]
+    expected = [2.0, 4 / 9, 8 / 9, 7 / 9, 2.0, 8 / 9, 2.0]
     assert sorting_reward(prompts, completions) == pytest.approx(expected)
     rng = random.Random(0)
     prompts = held_out_prompts(200)
@@ -112,19 +117,18 @@ def test_reward_rejects_foreign_prompts():
 
 
 def test_decode_answers_cuts_at_eos_and_keeps_special_tokens(tokenizer):
-    pytest.importorskip("trl_diffusion.sampling")
     from trl_diffusion.demo.evaluation import decode_answers
 
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     digits = tokenizer.convert_tokens_to_ids(list("0123"))
     rows = torch.tensor(
         [
-            [*digits, eos, digits[0], eos, eos],  # digits after the first EOS are ignored
-            [*digits, *digits],  # no EOS at all
-            [digits[0], pad, digits[1], eos, eos, eos, eos, eos],  # a stray pad is kept, so the answer is wrong
+            [*digits, eos, digits[0], eos, eos, eos],  # digits after the first EOS are ignored
+            [*digits, *digits, digits[0]],  # no EOS at all
+            [digits[0], pad, digits[1], eos, eos, eos, eos, eos, eos],  # a stray pad is kept: the answer is wrong
         ]
     )
-    assert decode_answers(tokenizer, rows) == ["0123", "01230123", "0<|pad|>1"]
+    assert decode_answers(tokenizer, rows) == ["0123", "012301230", "0<|pad|>1"]
 
 
 def test_plot_is_a_readable_png(tmp_path):
@@ -165,3 +169,106 @@ def test_cli_lists_demo_and_its_flags(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--device", "tpu"])
     assert "device" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """`trl-diffusion demo --quick` run as a user would, in a fresh interpreter."""
+    output_dir = tmp_path_factory.mktemp("demo")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.setdefault("OMP_NUM_THREADS", "1")  # test workers run side by side (pytest -n 2): one thread each
+    command = [sys.executable, "-m", "trl_diffusion.cli", "demo", "--quick", "--device", "cpu", "--seed", "3"]
+    result = subprocess.run(
+        [*command, "--output-dir", str(output_dir)], capture_output=True, text=True, env=env, cwd=root, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir, result.stdout
+
+
+def test_quick_demo_writes_well_formed_metrics(quick_demo):
+    output_dir, stdout = quick_demo
+    with open(output_dir / "metrics.json") as f:
+        metrics = json.load(f)
+    expected_keys = {
+        "seed",
+        "device",
+        "settings",
+        "task",
+        "model",
+        "stages",
+        "gains",
+        "timings_s",
+        "curves",
+        "checkpoints",
+        "plot",
+        "environment",
+    }
+    assert expected_keys <= set(metrics)
+    assert metrics["seed"] == 3 and metrics["device"] == "cpu"
+    assert metrics["settings"] == {
+        **asdict(DemoConfig.quick()),
+        "seed": 3,
+        "device": "cpu",
+        "output_dir": str(output_dir),
+    }
+    assert metrics["task"]["num_held_out"] == 500
+    assert set(metrics["stages"]) == {"untrained", "sft", "rl"}
+    for result in metrics["stages"].values():
+        assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["mean_reward"] <= 2.0
+        assert result["examples"] and {"prompt", "answer", "exact"} <= set(result["examples"][0])
+    gains = metrics["gains"]
+    assert gains["rl_minus_sft"] == pytest.approx(
+        metrics["stages"]["rl"]["accuracy"] - metrics["stages"]["sft"]["accuracy"]
+    )
+    for stage in ("untrained", "sft", "rl", "total"):
+        assert metrics["timings_s"][stage] > 0
+    curves = metrics["curves"]
+    steps = [point["step"] for point in curves["held_out"]]
+    total_steps = DemoConfig.quick().sft_steps + DemoConfig.quick().rl_steps
+    assert steps[0] == 0 and steps[-1] == total_steps and steps == sorted(steps)
+    assert curves["sft_loss"] and curves["rl_reward"]
+    assert all(DemoConfig.quick().sft_steps < p["step"] <= total_steps for p in curves["rl_reward"])
+    # The terminal summary table.
+    for stage in ("untrained", "after masked SFT", "after diffu-GRPO"):
+        assert stage in stdout
+
+
+def test_quick_demo_plot_is_readable(quick_demo):
+    import matplotlib.image
+
+    output_dir, _ = quick_demo
+    image = matplotlib.image.imread(output_dir / "training.png")
+    assert image.ndim == 3 and image.shape[0] > 200 and image.std() > 0
+
+
+def test_quick_demo_checkpoints_load_and_match_reported_accuracy(quick_demo):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_diffusion.demo.evaluation import evaluate
+    from trl_diffusion.sampling import DiffusionGenerationConfig
+
+    output_dir, _ = quick_demo
+    with open(output_dir / "metrics.json") as f:
+        metrics = json.load(f)
+    models = {}
+    for stage in ("init", "sft", "rl"):
+        path = output_dir / "checkpoints" / stage
+        assert metrics["checkpoints"][stage] == str(path)
+        models[stage] = AutoModelForCausalLM.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        assert tokenizer.mask_token_id == 2
+    # Each stage changed the weights it started from.
+    for before, after in (("init", "sft"), ("sft", "rl")):
+        before_state, after_state = models[before].state_dict(), models[after].state_dict()
+        assert any(not torch.equal(before_state[k], after_state[k]) for k in before_state)
+    # The saved RL checkpoint reproduces the reported final accuracy (greedy decoding is deterministic).
+    config = DiffusionGenerationConfig(
+        gen_length=ANSWER_LENGTH, block_length=ANSWER_LENGTH, steps=ANSWER_LENGTH, mask_token_id=2
+    )
+    result = evaluate(models["rl"], tokenizer, held_out_prompts(), config)
+    assert result["accuracy"] == pytest.approx(metrics["stages"]["rl"]["accuracy"])
+    assert result["mean_reward"] == pytest.approx(metrics["stages"]["rl"]["mean_reward"])

@@ -16,14 +16,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output-dir", default="demo_output", help="Output directory (default: %(default)s).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of model init, data and trainers (default: 0).")
-    parser.add_argument(
-        "--device", default="auto", help="`auto` (GPU when present), `cpu`, `cuda` or `cuda:N` (default: auto)."
-    )
+    parser.add_argument("--device", default="auto", help="`auto` (GPU when present), `cpu` or `cuda` (default: auto).")
     parser.add_argument(
         "--quick", action="store_true", help="A few steps on a smaller model: checks the wiring in seconds."
     )
     parser.add_argument("--no-progress", action="store_true", help="No progress bars or summary table.")
     return parser
+
+
+def _quiet_third_party() -> None:
+    """Keep the terminal to the demo's own progress bars: no per-dataset-map or weight-loading bars, and no
+    deprecation notices about options the demo does not set."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         build_parser().error(str(error))
 
+    _quiet_third_party()
     from trl_diffusion.demo.pipeline import format_summary, run_demo  # heavy imports only when running
 
     metrics = run_demo(config)

@@ -31,7 +31,7 @@ class DemoConfig:
             SwiGLU hidden size.
         num_held_out (`int`, *optional*, defaults to `500`):
             Held-out prompts (at least 200 for the default demo).
-        eval_every (`int`, *optional*, defaults to `25`):
+        eval_every (`int`, *optional*, defaults to `50`):
             Evaluate the held-out set every this many steps during both stages (for the curves); `0` disables it.
         sft_steps (`int`, *optional*, defaults to `250`):
             Masked-SFT optimisation steps, each on fresh examples.
@@ -65,6 +65,8 @@ class DemoConfig:
             Final RL learning rate of the cosine decay.
         rl_warmup_steps (`int`, *optional*, defaults to `30`):
             RL warmup steps.
+        logging_steps (`int`, *optional*, defaults to `5`):
+            Trainer logging period in steps (SFT loss and RL rollout reward in the curves).
         show_progress (`bool`, *optional*, defaults to `True`):
             Progress bars and the summary table in the terminal.
     """
@@ -77,7 +79,7 @@ class DemoConfig:
     num_heads: int = field(default=4, metadata={"help": "Attention heads."})
     intermediate_size: int = field(default=512, metadata={"help": "SwiGLU hidden size."})
     num_held_out: int = field(default=500, metadata={"help": "Held-out evaluation prompts."})
-    eval_every: int = field(default=25, metadata={"help": "Held-out evaluation period in steps (0: off)."})
+    eval_every: int = field(default=50, metadata={"help": "Held-out evaluation period in steps (0: off)."})
     sft_steps: int = field(default=250, metadata={"help": "Masked-SFT steps."})
     sft_batch_size: int = field(default=64, metadata={"help": "Examples per SFT step."})
     sft_learning_rate: float = field(default=1e-3, metadata={"help": "Peak SFT learning rate."})
@@ -94,13 +96,26 @@ class DemoConfig:
     rl_learning_rate: float = field(default=3e-4, metadata={"help": "Peak RL learning rate."})
     rl_min_learning_rate: float = field(default=3e-5, metadata={"help": "Final RL learning rate."})
     rl_warmup_steps: int = field(default=30, metadata={"help": "RL warmup steps."})
+    logging_steps: int = field(default=5, metadata={"help": "Trainer logging period in steps."})
     show_progress: bool = field(default=True, metadata={"help": "Progress bars and summary table."})
 
     def __post_init__(self):
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}.")
-        positive = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "num_held_out", "sft_steps",
-                    "sft_batch_size", "rl_steps", "rl_prompts_per_step", "num_iterations")  # fmt: skip
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(  # (a GPU is selected with CUDA_VISIBLE_DEVICES)
+                f"`device` must be 'auto', 'cpu' or 'cuda', got {self.device!r}."
+            )
+        positive = (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "num_held_out",
+            "sft_steps",
+            "sft_batch_size",
+            "rl_steps",
+            "rl_prompts_per_step",
+            "num_iterations",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
@@ -123,10 +138,20 @@ class DemoConfig:
     def quick(cls, **overrides) -> "DemoConfig":
         """A few steps per stage on a smaller model: checks the wiring in seconds (used by tests), learns little."""
         settings = {
-            "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "eval_every": 2,
-            "sft_steps": 4, "sft_batch_size": 16, "sft_warmup_steps": 1,
-            "rl_steps": 4, "rl_prompts_per_step": 4, "num_generations": 4, "rl_warmup_steps": 1,
-        }  # fmt: skip
+            "hidden_size": 32,
+            "num_layers": 1,
+            "num_heads": 2,
+            "intermediate_size": 64,
+            "eval_every": 2,
+            "logging_steps": 1,
+            "sft_steps": 4,
+            "sft_batch_size": 16,
+            "sft_warmup_steps": 1,
+            "rl_steps": 4,
+            "rl_prompts_per_step": 4,
+            "num_generations": 4,
+            "rl_warmup_steps": 1,
+        }
         settings.update(overrides)
         return cls(**settings)
 

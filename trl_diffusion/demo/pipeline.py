@@ -37,7 +37,7 @@ def resolve_device(device: str) -> str:
     """`auto` -> `cuda` when a GPU is visible, else `cpu`; anything else is checked and returned."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"`--device {device}` was requested but no CUDA device is visible; use `--device cpu`.")
     return device
 
@@ -57,9 +57,13 @@ class HeldOutCallback(TrainerCallback):
         if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
             result = self.evaluate_fn(model)
             self.records.append(
-                {"stage": self.stage, "step": self.step_offset + state.global_step, "accuracy": result["accuracy"],
-                 "mean_reward": result["mean_reward"]}
-            )  # fmt: skip
+                {
+                    "stage": self.stage,
+                    "step": self.step_offset + state.global_step,
+                    "accuracy": result["accuracy"],
+                    "mean_reward": result["mean_reward"],
+                }
+            )
             if self.progress is not None:
                 self.progress.held_out_accuracy = result["accuracy"]
 
@@ -108,8 +112,11 @@ def _common_args(config: DemoConfig, device: str, steps: int, learning_rate: flo
         "lr_scheduler_kwargs": {"min_lr": min_lr},
         "warmup_steps": warmup,
         "max_grad_norm": 1.0,
+        # TRL's configs default to bf16 mixed precision; the tiny model trains in float32 (fast on CPU, and the
+        # in-memory model then computes exactly what its saved checkpoint computes).
+        "bf16": False,
         "weight_decay": 0.0,
-        "logging_steps": 5,
+        "logging_steps": config.logging_steps,
         "save_strategy": "no",
         "report_to": "none",
         "seed": config.seed,
@@ -127,9 +134,16 @@ def train_sft(config, model, tokenizer, dataset, output_dir, device, evaluate_fn
         output_dir=output_dir,
         per_device_train_batch_size=config.sft_batch_size,
         max_completion_length=ANSWER_LENGTH,
-        **_common_args(config, device, config.sft_steps, config.sft_learning_rate, config.sft_min_learning_rate,
-                       config.sft_warmup_steps),
-    )  # fmt: skip
+        mask_token_id=tokenizer.mask_token_id,
+        **_common_args(
+            config,
+            device,
+            config.sft_steps,
+            config.sft_learning_rate,
+            config.sft_min_learning_rate,
+            config.sft_warmup_steps,
+        ),
+    )
     trainer = MaskedSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     held_out = _attach_callbacks(trainer, config, evaluate_fn, "sft", 0, "masked SFT")
     trainer.train()
@@ -152,9 +166,16 @@ def train_rl(config, model, tokenizer, dataset, output_dir, device, evaluate_fn)
         epsilon=config.epsilon,
         beta=config.beta,
         p_mask_prompt=config.p_mask_prompt,
-        **_common_args(config, device, config.rl_steps, config.rl_learning_rate, config.rl_min_learning_rate,
-                       config.rl_warmup_steps),
-    )  # fmt: skip
+        mask_token_id=tokenizer.mask_token_id,
+        **_common_args(
+            config,
+            device,
+            config.rl_steps,
+            config.rl_learning_rate,
+            config.rl_min_learning_rate,
+            config.rl_warmup_steps,
+        ),
+    )
     trainer = DiffuGRPOTrainer(
         model=model, reward_funcs=sorting_reward, args=args, train_dataset=dataset, processing_class=tokenizer
     )
@@ -179,12 +200,18 @@ def format_summary(metrics: dict) -> str:
     for stage in STAGES:
         result = metrics["stages"][stage]
         rows.append(
-            (STAGE_NAMES[stage], f"{100 * result['accuracy']:.1f}%", f"{result['mean_reward']:.3f}",
-             f"{metrics['timings_s'][stage]:.1f}s")
-        )  # fmt: skip
+            (
+                STAGE_NAMES[stage],
+                f"{100 * result['accuracy']:.1f}%",
+                f"{result['mean_reward']:.3f}",
+                f"{metrics['timings_s'][stage]:.1f}s",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
-             for row in rows]  # fmt: skip
+    lines = [
+        "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+        for row in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     held_out = metrics["task"]["num_held_out"]
     lines.append(f"({held_out} held-out prompts, greedy decoding; total {metrics['timings_s']['total']:.1f}s)")
@@ -194,7 +221,7 @@ def format_summary(metrics: dict) -> str:
 def run_demo(config: DemoConfig | None = None) -> dict:
     """Run the whole pipeline, write `metrics.json`, `training.png` and checkpoints, and return the metrics."""
     config = config if config is not None else DemoConfig()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     device = resolve_device(config.device)
     os.makedirs(config.output_dir, exist_ok=True)
     checkpoints = os.path.join(config.output_dir, "checkpoints")
@@ -205,19 +232,27 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     rl_data = rl_dataset(config.rl_steps * config.rl_prompts_per_step, config.seed, held_out)
 
     # A tiny model from scratch, saved first: TRL rebuilds reference models from `config._name_or_path`.
-    init_dir = _save(
-        tiny_llada_model(tokenizer, hidden_size=config.hidden_size, num_layers=config.num_layers,
-                         num_heads=config.num_heads, intermediate_size=config.intermediate_size, seed=config.seed),
-        tokenizer, os.path.join(checkpoints, "init"),
-    )  # fmt: skip
+    init_model = tiny_llada_model(
+        tokenizer,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        num_kv_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        seed=config.seed,
+    )
+    init_dir = _save(init_model, tokenizer, os.path.join(checkpoints, "init"))
     model = AutoModelForCausalLM.from_pretrained(init_dir).to(device)
     num_parameters = sum(p.numel() for p in model.parameters())
 
     # Greedy, one token per step over the whole answer (one block): LLaDA's low-confidence remasking.
     generation_config = DiffusionGenerationConfig(
-        gen_length=ANSWER_LENGTH, block_length=ANSWER_LENGTH, steps=ANSWER_LENGTH, temperature=0.0,
+        gen_length=ANSWER_LENGTH,
+        block_length=ANSWER_LENGTH,
+        steps=ANSWER_LENGTH,
+        temperature=0.0,
         mask_token_id=tokenizer.mask_token_id,
-    )  # fmt: skip
+    )
 
     def evaluate_fn(model_):
         return evaluate(model_, tokenizer, held_out, generation_config)
@@ -249,6 +284,7 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     curves["held_out"] += rl_records + [{"stage": "rl", "step": total_steps, **_point(stages["rl"])}]
     curves["rl_reward"] = _log_curve(rl_trainer.state.log_history, "reward", config.sft_steps, "reward")
     timings["total"] = time.perf_counter() - start
+    timings["process_cpu"] = time.process_time() - cpu_start  # CPU seconds of all threads (contention-independent)
 
     metrics = {
         "seed": config.seed,
@@ -277,7 +313,7 @@ def run_demo(config: DemoConfig | None = None) -> dict:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "num_threads": torch.get_num_threads(),
-        },  # fmt: skip
+        },
     }
     metrics["plot"] = plot_training(curves, config.sft_steps, os.path.join(config.output_dir, "training.png"))
     with open(os.path.join(config.output_dir, "metrics.json"), "w") as f:

@@ -24,8 +24,13 @@ def plot_training(curves: dict, sft_steps: int, path: str | os.PathLike) -> str:
     for ax in (ax_acc, ax_reward):
         ax.axvline(sft_steps, color="grey", linestyle="--", linewidth=1)
         ax.axvspan(0, sft_steps, color="tab:blue", alpha=0.06, label="masked SFT")
-        ax.axvspan(sft_steps, max([sft_steps + 1] + [p["step"] for p in held_out + rl_reward]), color="tab:orange",
-                   alpha=0.06, label="diffu-GRPO")  # fmt: skip
+        ax.axvspan(
+            sft_steps,
+            max([sft_steps + 1] + [p["step"] for p in held_out + rl_reward]),
+            color="tab:orange",
+            alpha=0.06,
+            label="diffu-GRPO",
+        )
 
     ax_acc.plot([p["step"] for p in held_out], [100 * p["accuracy"] for p in held_out], marker="o", color="black")
     ax_acc.set(title="Held-out exact match", xlabel="training step (SFT, then RL)", ylabel="accuracy (%)")
@@ -33,14 +38,20 @@ def plot_training(curves: dict, sft_steps: int, path: str | os.PathLike) -> str:
     ax_acc.legend(loc="upper left")
 
     ax_reward.plot(
-        [p["step"] for p in held_out], [p["mean_reward"] for p in held_out], marker="o", color="black",
+        [p["step"] for p in held_out],
+        [p["mean_reward"] for p in held_out],
+        marker="o",
+        color="black",
         label="held-out (greedy)",
-    )  # fmt: skip
+    )
     if rl_reward:
         ax_reward.plot(
-            [p["step"] for p in rl_reward], [p["reward"] for p in rl_reward], color="tab:orange", alpha=0.8,
+            [p["step"] for p in rl_reward],
+            [p["reward"] for p in rl_reward],
+            color="tab:orange",
+            alpha=0.8,
             label="RL rollouts (sampled)",
-        )  # fmt: skip
+        )
     ax_reward.set(title="Mean reward (max 2)", xlabel="training step (SFT, then RL)", ylabel="reward")
     ax_reward.set_ylim(0, 2)
     ax_reward.legend(loc="upper left")

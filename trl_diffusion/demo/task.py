@@ -2,7 +2,8 @@
 
 A prompt is the digits followed by ``=`` (e.g. ``"83150="``), the answer is the same digits in ascending order
 (``"01358"``). Prompts have 5 to 8 digits, so the model must also learn where its answer stops: answers are
-generated with a fixed length of [`ANSWER_LENGTH`] tokens and the positions after the digits must be EOS.
+generated with a fixed length of [`ANSWER_LENGTH`] tokens (one more than the longest answer, so every answer ends
+with EOS) and the positions after the digits must be EOS.
 
 Three random streams, each from its own seed, never share a prompt: the held-out evaluation set has a fixed seed
 (independent of the run's seed, so every run is scored on the same prompts), and the masked-SFT and RL streams
@@ -19,8 +20,8 @@ from datasets import Dataset
 
 MIN_DIGITS = 5
 MAX_DIGITS = 8
-# Generation length of the sampler: the longest answer fits exactly; shorter ones are followed by EOS.
-ANSWER_LENGTH = MAX_DIGITS
+# Generation length of the sampler: the longest answer plus its EOS; shorter answers are followed by more EOS.
+ANSWER_LENGTH = MAX_DIGITS + 1
 SEPARATOR = "="
 # Seed of the held-out stream. Fixed, so that all runs (whatever `--seed`) are evaluated on the same prompts.
 HELD_OUT_SEED = 20_250_416
