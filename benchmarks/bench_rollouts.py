@@ -46,6 +46,7 @@ CONFIGS = [
     ("threshold", {"threshold": None}),
     ("prefix+threshold", {"cache": "prefix", "threshold": None}),
     ("dual+threshold", {"cache": "dual", "threshold": None}),
+    ("dual+threshold, refresh/2", {"cache": "dual", "threshold": None, "cache_refresh_interval": 2}),
 ]
 
 
@@ -53,11 +54,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 512], help="Generation lengths.")
     parser.add_argument("--block-length", type=int, default=32, help="Block length of the speed runs (d1: 32).")
-    parser.add_argument("--batch-size", type=int, default=2, help="Prompts per speed run.")
+    parser.add_argument("--batch-size", type=int, default=4, help="Prompts per speed run.")
     parser.add_argument("--threshold", type=float, default=0.9, help="Confidence threshold (Fast-dLLM: 0.9).")
     parser.add_argument("--repeats", type=int, default=1, help="Interleaved timing repeats; the best is kept.")
-    parser.add_argument("--train-steps", type=int, default=200, help="Masked-SFT steps of the speed model.")
-    parser.add_argument("--train-lengths", type=int, nargs="+", default=[32, 64, 128],
+    parser.add_argument("--train-steps", type=int, default=1000, help="Masked-SFT steps of the speed model.")
+    parser.add_argument("--train-lengths", type=int, nargs="+", default=[8, 32, 64, 128],
                         help="Answer lengths (EOS-padded) cycled through while training the speed model.")  # fmt: skip
     parser.add_argument("--demo-checkpoint", default=None, help="Trained demo model directory (else trained here).")
     parser.add_argument("--demo-train-steps", type=int, default=250, help="SFT steps when no demo checkpoint.")
@@ -275,7 +276,7 @@ def accuracy_runs(model, tokenizer, args) -> list[dict]:
 
 def format_speed_row(row) -> str:
     return (
-        f"{row['gen_length']:>5} {row['config']:<17} {row['seconds']:8.2f}s {row['tokens_per_second']:9.1f} tok/s "
+        f"{row['gen_length']:>5} {row['config']:<26} {row['seconds']:8.2f}s {row['tokens_per_second']:9.1f} tok/s "
         f"{row['forward_passes']:5d} fwd {row['backbone_positions']:7d} pos {row['speedup']:6.2f}x  "
         f"equal-to-exact {100 * row['tokens_equal_to_exact']:5.1f}%  exact-match {100 * row['exact_match']:5.1f}%"
     )
@@ -284,7 +285,7 @@ def format_speed_row(row) -> str:
 def format_accuracy_row(row) -> str:
     delta = f" ({100 * row['accuracy_minus_exact']:+.1f})" if "accuracy_minus_exact" in row else ""
     return (
-        f"block {row['block_length']} {row['config']:<17} accuracy {100 * row['accuracy']:5.1f}%{delta}  "
+        f"block {row['block_length']} {row['config']:<26} accuracy {100 * row['accuracy']:5.1f}%{delta}  "
         f"reward {row['mean_reward']:.3f}  {row['forward_passes']:3d} fwd  {row['seconds']:.2f}s"
     )
 
@@ -328,8 +329,8 @@ def speed_model(args, tokenizer):
         model = AutoModelForCausalLM.from_pretrained(args.speed_model_dir).eval()
         return model, {**info, "loaded_from": args.speed_model_dir}
     longest = max(args.lengths) + MAX_DIGITS + 1
-    model = tiny_llada_model(
-        tokenizer, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4, intermediate_size=256,
+    model = tiny_llada_model(  # the demo's model shape
+        tokenizer, hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=4, intermediate_size=512,
         max_position_embeddings=max(1024, longest), seed=args.seed,
     )  # fmt: skip
     start = time.perf_counter()
@@ -341,8 +342,8 @@ def speed_model(args, tokenizer):
         "architecture": type(model).__name__,
         "vocab_size": LLADA_VOCAB_SIZE,
         "num_parameters": sum(p.numel() for p in model.parameters()),
-        "hidden_size": 64,
-        "num_layers": 2,
+        "hidden_size": 128,
+        "num_layers": 3,
         "train_steps": args.train_steps,
         "train_answer_lengths": args.train_lengths,
         "train_seconds": time.perf_counter() - start,

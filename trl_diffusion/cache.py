@@ -47,6 +47,7 @@ class BlockKVCache:
         self.mode: str | None = None  # "record" or "span"
         self.start = 0
         self.end = 0
+        self.rows: torch.Tensor | None = None  # span passes may run on a subset of the recorded rows
         self.updates = 0  # layers that went through `update` in the current pass
 
     @property
@@ -65,14 +66,18 @@ class BlockKVCache:
         self.mode = "record"
         self.updates = 0
 
-    def span(self, start: int, end: int) -> None:
-        """The next forward pass runs on columns `[start, end)` of the recorded sequence only."""
+    def span(self, start: int, end: int, rows: torch.Tensor | None = None) -> None:
+        """
+        The next forward pass runs on columns `[start, end)` of the recorded sequence only, and on the batch rows
+        `rows` (a 1-D index tensor, e.g. the rows that still hold masks) or on all of them (`None`).
+        """
         if not self.keys:
             raise RuntimeError("The cache is empty: run a recording pass (`record()` then a full forward) first.")
         if not 0 <= start < end <= self.length:
             raise ValueError(f"Span [{start}, {end}) is not inside the recorded sequence of length {self.length}.")
         self.mode = "span"
         self.start, self.end = start, end
+        self.rows = rows
         self.updates = 0
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,15 +95,21 @@ class BlockKVCache:
         if layer_idx not in self.keys:
             raise RuntimeError(f"Layer {layer_idx} was not recorded; the recording pass and this pass disagree.")
         stored_key, stored_value = self.keys[layer_idx], self.values[layer_idx]
-        if key.shape[2] != self.end - self.start or key.shape[:2] != stored_key.shape[:2]:
+        rows = self.rows
+        expected_batch = stored_key.shape[0] if rows is None else rows.numel()
+        if key.shape[2] != self.end - self.start or key.shape[:2] != (expected_batch, stored_key.shape[1]):
             raise ValueError(
                 f"Layer {layer_idx} computed keys of shape {tuple(key.shape)} but the cache expects the span "
                 f"[{self.start}, {self.end}) of {tuple(stored_key.shape)}: pass `input_ids` of the span only."
             )
         # Fresh values for the recomputed columns; the others stay as recorded (Fast-dLLM's approximation).
-        stored_key[:, :, self.start : self.end] = key
-        stored_value[:, :, self.start : self.end] = value
-        return stored_key, stored_value
+        if rows is None:
+            stored_key[:, :, self.start : self.end] = key
+            stored_value[:, :, self.start : self.end] = value
+            return stored_key, stored_value
+        stored_key[rows, :, self.start : self.end] = key  # in place (index_put) into the selected rows
+        stored_value[rows, :, self.start : self.end] = value
+        return stored_key[rows], stored_value[rows]  # (B_rows, H_kv, L, d)
 
     def check_used(self, model) -> None:
         """Raise a clear error when the last forward pass did not read the cache in every layer."""

@@ -96,24 +96,34 @@ class CachedBlockForward:
         self.extra = {"use_cache": False} if "use_cache" in parameters else {}
         self.cache = BlockKVCache() if mode != "none" else None
 
-    def __call__(self, x: torch.Tensor, columns: torch.Tensor, start: int, end: int, refresh: bool) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, columns: torch.Tensor, start: int, end: int, refresh: bool, rows=None
+    ) -> torch.Tensor:
+        """`columns` (B_rows, n) absolute columns to predict; `rows` a 1-D index of the batch rows to run (`None`:
+        all). A recording pass always runs on all rows."""
         kwargs = dict(self.extra)
         if self.cache is None or refresh:
             span_lo, span_hi = 0, x.shape[1]
             if self.cache is not None:
+                if rows is not None:
+                    raise ValueError("A recording pass of the cache runs on every row; pass `rows=None`.")
                 self.cache.record()
                 kwargs["kv_cache"] = self.cache
         else:
             span_lo, span_hi = start - self.shift, (end if self.mode == "dual" else x.shape[1])
-            self.cache.span(span_lo, span_hi)
+            self.cache.span(span_lo, span_hi, rows)
             kwargs["kv_cache"] = self.cache
+        attention_mask, position_ids = self.attention_mask, self.position_ids
+        if rows is not None:
+            x, position_ids = x[rows], position_ids[rows]
+            attention_mask = attention_mask[rows] if attention_mask is not None else None
         read = columns - self.shift - span_lo  # (B, n) rows of the span's logits
         if self.keep:
             kwargs["logits_to_keep"] = read
         logits = self.model(
             input_ids=x[:, span_lo:span_hi],
-            attention_mask=self.attention_mask,
-            position_ids=self.position_ids[:, span_lo:span_hi],
+            attention_mask=attention_mask,
+            position_ids=position_ids[:, span_lo:span_hi],
             **kwargs,
         ).logits
         if self.cache is not None:
@@ -145,6 +155,21 @@ def masked_columns_padded(block_masks: torch.Tensor) -> tuple[torch.Tensor, torc
     columns = order[:, :n]  # (B, n)
     valid = torch.arange(n, device=block_masks.device).unsqueeze(0) < counts.unsqueeze(-1)  # (B, n)
     return columns, valid
+
+
+def active_rows(block_masks: torch.Tensor, refresh: bool) -> torch.Tensor | None:
+    """
+    The batch rows a parallel-decoding step runs the model on: those still holding masks in the block (1-D index),
+    or `None` for all rows (when all are active, and for recording passes of the cache, which cover every row).
+    Finished rows cost nothing more. When no row is active here but the step runs because another process still
+    decodes (`early_stop="agree"`), one row is run anyway, so that every process makes the same forward calls; it has
+    no mask, so nothing changes.
+    """
+    active = block_masks.any(dim=-1)  # (B,)
+    if refresh or bool(active.all()):
+        return None
+    rows = active.nonzero().squeeze(-1)
+    return rows if rows.numel() > 0 else rows.new_zeros(1)
 
 
 def parallel_step(x_block, logits, columns, valid, k: int, mask_token_id: int, config, generator):
@@ -184,7 +209,8 @@ def fast_denoise(
 
     Without `threshold` / `factor` each step is the exact sampler's (`_denoise_step` on the masked columns, same
     random draws), only the logits come through the cache. With them rows may hold different numbers of masks: the
-    logits cover each row's masked columns padded to the largest count, and [`parallel_step`] decides.
+    model runs on the rows that still hold masks ([`active_rows`]), the logits cover each row's masked columns
+    padded to the largest count, and [`parallel_step`] decides.
 
     Args:
         x (`torch.LongTensor`): (B, L) prompts followed by `gen_length` masks; filled in place and returned.
@@ -206,18 +232,26 @@ def fast_denoise(
             x_block = x[:, start:end]  # (B, Lb)
             refresh = refresh_at(step, config.cache_refresh_interval)
             block_masks = x_block == mask_token_id  # (B, Lb)
+            rows = None
             if config.parallel_decoding:
-                columns, valid = masked_columns_padded(block_masks)  # (B, n) each
+                rows = active_rows(block_masks, refresh)
+                row_masks = block_masks if rows is None else block_masks[rows]
+                columns, valid = masked_columns_padded(row_masks)  # (B_rows, n) each
             else:  # exact schedule: every row holds the same number n of masks
                 columns = block_masks.nonzero()[:, 1].reshape(batch_size, -1)  # (B, n)
-            logits = forwards[0](x, columns + start, start, end, refresh)  # (B, n, V)
+            logits = forwards[0](x, columns + start, start, end, refresh, rows)  # (B_rows, n, V)
             if un_x is not None:
-                un_logits = forwards[1](un_x, columns + start, start, end, refresh)
+                un_logits = forwards[1](un_x, columns + start, start, end, refresh, rows)
                 logits = un_logits + (config.cfg_scale + 1) * (logits - un_logits)  # LLaDA Eq. 16
             if config.parallel_decoding:
-                new_block, transfer_index = parallel_step(
-                    x_block, logits, columns, valid, k, mask_token_id, config, generator
+                row_block = x_block if rows is None else x_block[rows]
+                new_rows, row_transfer = parallel_step(
+                    row_block, logits, columns, valid, k, mask_token_id, config, generator
                 )
+                new_block, transfer_index = new_rows, row_transfer
+                if rows is not None:  # rows without masks are unchanged
+                    new_block, transfer_index = x_block.clone(), torch.zeros_like(block_masks)
+                    new_block[rows], transfer_index[rows] = new_rows, row_transfer
             else:
                 new_block, transfer_index = _denoise_step(
                     x_block, logits, columns, k, mask_token_id, config, generator
