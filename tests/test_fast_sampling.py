@@ -331,3 +331,44 @@ def test_parallel_rows_finish_independently(tok, cache):
         real = ids[row][mask[row].bool()].unsqueeze(0)
         alone, _ = _run(model, real, None, config)
         assert torch.equal(alone[0, real.shape[1] :], batch[row, ids.shape[1] :])
+
+
+# ------------------------------------------------------------------------------------------ eval and demo flags
+
+
+def test_eval_flags_reach_the_sampler():
+    from trl import TrlParser
+
+    from trl_diffusion.evaluation import EvalConfig
+
+    parser = TrlParser(dataclass_types=[EvalConfig])
+    (config,) = parser.parse_args_and_config(
+        args=["--model_name_or_path", "m", "--cache", "dual", "--threshold", "0.9"]
+    )
+    sampler = config.generation_config(256)
+    assert (sampler.cache, sampler.threshold, sampler.gen_length) == ("dual", 0.9, 256)
+    (default,) = parser.parse_args_and_config(args=["--model_name_or_path", "m"])
+    assert not default.generation_config(256).is_fast
+
+
+def test_demo_fast_rollouts_flag(monkeypatch):
+    import trl_diffusion.demo.pipeline as pipeline
+    from trl_diffusion.commands import demo
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_demo", lambda config: seen.append(config) or {})
+    demo.main(["--quick", "--no-progress", "--fast-rollouts", "--device", "cpu"])
+    demo.main(["--quick", "--no-progress", "--device", "cpu"])
+    assert [c.fast_rollouts for c in seen] == [True, False]
+
+
+@pytest.mark.slow
+def test_demo_runs_with_fast_rollouts(tmp_path):
+    from trl_diffusion.demo.config import DemoConfig
+    from trl_diffusion.demo.pipeline import run_demo
+
+    metrics = run_demo(
+        DemoConfig.quick(output_dir=str(tmp_path), device="cpu", fast_rollouts=True, show_progress=False)
+    )
+    assert metrics["settings"]["fast_rollouts"] is True
+    assert 0.0 <= metrics["stages"]["rl"]["accuracy"] <= 1.0

@@ -21,6 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="A few steps on a smaller model: checks the wiring in seconds."
     )
     parser.add_argument("--no-progress", action="store_true", help="No progress bars or summary table.")
+    parser.add_argument(
+        "--fast-rollouts",
+        action="store_true",
+        help="RL rollouts with Fast-dLLM's dual KV cache and confidence threshold 0.9 (evaluation stays exact).",
+    )
     return parser
 
 
@@ -45,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "device": args.device,
         "show_progress": not args.no_progress,
+        "fast_rollouts": args.fast_rollouts,
     }
     try:
         config = DemoConfig.quick(**settings) if args.quick else DemoConfig(**settings)

@@ -167,6 +167,8 @@ def train_rl(config, model, tokenizer, dataset, output_dir, device, evaluate_fn)
         beta=config.beta,
         p_mask_prompt=config.p_mask_prompt,
         mask_token_id=tokenizer.mask_token_id,
+        rollout_cache="dual" if config.fast_rollouts else "none",
+        rollout_threshold=0.9 if config.fast_rollouts else None,
         **_common_args(
             config,
             device,
