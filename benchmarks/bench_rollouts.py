@@ -14,7 +14,8 @@ of `--repeats`), because the machine is shared:
    a 104-row copy, which is cheap) adds their exact share of the softmax as one extra logit `log(126360)`, so the
    trained function *is* that of the real-vocabulary model the timings run.
 2. **Demo-task accuracy**: exact match on the demo's 500 held-out prompts with the demo's sampler settings
-   (answer of 8 tokens, one block, 8 steps, greedy) and with two blocks of 4, for each configuration. The model is
+   (answer of `ANSWER_LENGTH` tokens, one block, one token per step, greedy) and with several blocks, for each
+   configuration. The model is
    the demo's trained checkpoint when `--demo-checkpoint` is given (or `demo_output/checkpoints/rl` exists), else a
    demo-sized model trained here with the same masked-SFT loop (reported as such in the JSON).
 
@@ -28,6 +29,7 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import time
 
 import torch
@@ -65,7 +67,7 @@ def parse_args(argv=None):
     parser.add_argument("--num-held-out", type=int, default=500, help="Held-out prompts of the accuracy runs.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of model init and training data.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 suits a shared machine).")
-    parser.add_argument("--speed-model-dir", default="benchmarks/results/speed_model",
+    parser.add_argument("--speed-model-dir", default=os.path.join(tempfile.gettempdir(), "bench_rollouts_model"),
                         help="Trained speed model: saved there, loaded on later runs ('' disables).")  # fmt: skip
     parser.add_argument("--output", default="benchmarks/results/bench_rollouts.json", help="JSON output path.")
     return parser.parse_args(argv)
@@ -245,7 +247,8 @@ def accuracy_runs(model, tokenizer, args) -> list[dict]:
     held_out = held_out_prompts(args.num_held_out)
     counter = ForwardCounter(model)
     rows = []
-    for block_length in (ANSWER_LENGTH, ANSWER_LENGTH // 2):
+    divisors = [d for d in range(2, ANSWER_LENGTH) if ANSWER_LENGTH % d == 0]
+    for block_length in [ANSWER_LENGTH] + divisors[-1:]:  # one block (the demo's setting), then several
         base = DiffusionGenerationConfig(
             gen_length=ANSWER_LENGTH, block_length=block_length, steps=ANSWER_LENGTH, temperature=0.0,
             mask_token_id=tokenizer.mask_token_id,

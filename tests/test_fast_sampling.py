@@ -1,6 +1,7 @@
 """Rollout-speed options of the sampler: block-wise KV cache (prefix / dual) and confidence-aware parallel decoding."""
 
 import math
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -372,3 +373,43 @@ def test_demo_runs_with_fast_rollouts(tmp_path):
     )
     assert metrics["settings"]["fast_rollouts"] is True
     assert 0.0 <= metrics["stages"]["rl"]["accuracy"] <= 1.0
+
+
+def _agree_worker(rank, port, out_dir, early_stop):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        tok = build_tokenizer()
+        model = tiny_llada_model(tok, num_layers=2)
+        with torch.no_grad():
+            model.lm_head.weight.mul_(40)
+        ids, mask = _prompts(tok, seed=10 + rank)  # each rank decodes its own prompts
+        config = _config(threshold=0.5, cache="dual", early_stop=early_stop)
+        out, steps = _run(model, ids, mask, config)
+        assert not (out[:, 7:] == MASK).any()
+        with open(os.path.join(out_dir, f"{early_stop}-{rank}"), "w") as f:
+            f.write(str(len(steps)))
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_agree_on_the_forward_count(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    counts = {}
+    for early_stop in ("local", "agree"):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        mp.spawn(_agree_worker, args=(port, str(tmp_path), early_stop), nprocs=2, join=True)
+        counts[early_stop] = [int((tmp_path / f"{early_stop}-{rank}").read_text()) for rank in range(2)]
+    assert counts["local"][0] != counts["local"][1]  # the ranks' data finish their blocks at different steps
+    # agreed: every block runs until both ranks are done with it, so both make the same (per-block maximum) count
+    assert counts["agree"][0] == counts["agree"][1] >= max(counts["local"])
