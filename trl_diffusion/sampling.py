@@ -233,7 +233,10 @@ class DiffusionGenerationConfig:
 
     @property
     def forward_passes(self) -> int:
-        """Number of model calls one [`generate`] call makes, whatever the data (ZeRO-3 needs this fixed)."""
+        """
+        Number of model calls one [`generate`] call makes, whatever the data (ZeRO-3 needs this fixed). With
+        `threshold` / `factor` it is the maximum: blocks may stop early (agreed across processes by default).
+        """
         return self.steps * (2 if self.cfg_scale > 0 else 1)
 
     @property
@@ -463,7 +466,8 @@ def generate(
 
     Returns:
         `torch.LongTensor` `(B, P + gen_length)`: the prompts unchanged followed by the answers (no mask left).
-        Exactly `config.forward_passes` model calls are made, whatever the data.
+        Exactly `config.forward_passes` model calls are made, whatever the data (at most that many with
+        `threshold` / `factor`, see `early_stop`).
     """
     config = config if config is not None else DiffusionGenerationConfig()
     if overrides:
