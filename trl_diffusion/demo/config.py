@@ -57,6 +57,9 @@ class DemoConfig:
             PPO clipping range.
         beta (`float`, *optional*, defaults to `0.0`):
             KL coefficient against the SFT model (d1 uses 0.04).
+        scale_rewards (`str`, *optional*, defaults to `"group"`):
+            Advantage scaling of TRL's GRPO: `"group"` divides `reward - group mean` by the group's standard
+            deviation, `"none"` keeps `reward - group mean` (d1).
         p_mask_prompt (`float`, *optional*, defaults to `0.15`):
             Probability of masking each prompt token in the log-prob estimate (d1).
         rl_learning_rate (`float`, *optional*, defaults to `3e-4`):
@@ -95,6 +98,7 @@ class DemoConfig:
     num_iterations: int = field(default=2, metadata={"help": "Inner iterations per generation batch (mu)."})
     epsilon: float = field(default=0.2, metadata={"help": "PPO clipping range."})
     beta: float = field(default=0.0, metadata={"help": "KL coefficient against the SFT model."})
+    scale_rewards: str = field(default="group", metadata={"help": "Advantage scaling: `group` or `none` (d1)."})
     p_mask_prompt: float = field(default=0.15, metadata={"help": "Prompt-token masking probability (d1)."})
     rl_learning_rate: float = field(default=3e-4, metadata={"help": "Peak RL learning rate."})
     rl_min_learning_rate: float = field(default=3e-5, metadata={"help": "Final RL learning rate."})
@@ -135,6 +139,8 @@ class DemoConfig:
             raise ValueError(f"`eval_every` must be non-negative (0 disables it), got {self.eval_every}.")
         if self.temperature <= 0:
             raise ValueError(f"`temperature` must be positive for RL rollouts, got {self.temperature}.")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(f"`scale_rewards` must be 'group', 'batch' or 'none', got {self.scale_rewards!r}.")
         if not 0.0 <= self.p_mask_prompt < 1.0:
             raise ValueError(f"`p_mask_prompt` must be in [0, 1), got {self.p_mask_prompt}.")
 

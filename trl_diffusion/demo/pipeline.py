@@ -165,6 +165,7 @@ def train_rl(config, model, tokenizer, dataset, output_dir, device, evaluate_fn)
         num_iterations=config.num_iterations,
         epsilon=config.epsilon,
         beta=config.beta,
+        scale_rewards=config.scale_rewards,
         p_mask_prompt=config.p_mask_prompt,
         mask_token_id=tokenizer.mask_token_id,
         rollout_cache="dual" if config.fast_rollouts else "none",
