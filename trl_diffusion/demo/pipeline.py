@@ -170,6 +170,8 @@ def train_rl(config, model, tokenizer, dataset, output_dir, device, evaluate_fn)
         mask_token_id=tokenizer.mask_token_id,
         rollout_cache="dual" if config.fast_rollouts else "none",
         rollout_threshold=0.9 if config.fast_rollouts else None,
+        # re-recording the cache every 2 steps keeps the demo model's accuracy (benchmarks/bench_rollouts.py)
+        diffusion_generation_kwargs={"cache_refresh_interval": 2} if config.fast_rollouts else None,
         **_common_args(
             config,
             device,
