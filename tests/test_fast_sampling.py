@@ -15,6 +15,7 @@ from trl_diffusion.testing import build_tokenizer, tiny_dream_model, tiny_llada_
 
 
 MASK = 2
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models on a shared machine: one intra-op thread
 
 
 @pytest.fixture(scope="module")
