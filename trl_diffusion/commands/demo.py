@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fast-rollouts",
         action="store_true",
-        help="RL rollouts with Fast-dLLM's dual KV cache (re-recorded every 2 steps) and confidence threshold 0.9.",
+        help="RL rollouts with Fast-dLLM's confidence-threshold parallel decoding (0.9); evaluation stays exact.",
     )
     return parser
 

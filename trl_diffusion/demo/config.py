@@ -73,10 +73,11 @@ class DemoConfig:
         show_progress (`bool`, *optional*, defaults to `True`):
             Progress bars and the summary table in the terminal.
         fast_rollouts (`bool`, *optional*, defaults to `False`):
-            Generate the RL rollouts with Fast-dLLM's dual key/value cache (re-recorded every 2 steps) and
-            confidence threshold 0.9 (`DiffuGRPOConfig.rollout_cache` / `rollout_threshold`); held-out evaluation
-            stays exact. On a demo-sized model the cache recorded once per block cost about 7 points of held-out
-            accuracy, re-recorded every 2 steps none (`benchmarks/bench_rollouts.py`).
+            Generate the RL rollouts with Fast-dLLM's confidence-aware parallel decoding, threshold 0.9
+            (`DiffuGRPOConfig.rollout_threshold`); held-out evaluation stays exact. The approximate key/value cache
+            is left off: with the demo's answer decoded as one block right after a 9-token prompt, the stale prompt
+            keys/values cost the trained demo model 38 points of held-out accuracy (9.8 when re-recorded every 2
+            steps), while the threshold alone lost none (`benchmarks/bench_rollouts.py --demo-checkpoint ...`).
     """
 
     output_dir: str = field(default="demo_output", metadata={"help": "Output directory."})
