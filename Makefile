@@ -5,8 +5,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test,deepspeed
-# `--dist loadgroup`: tests marked `xdist_group` (the two-process launches) run one after another in one worker.
-PYTEST_ARGS ?= -n 2 --dist loadgroup
+PYTEST_ARGS ?= -n 2
 
 .PHONY: install demo test quality style
 

@@ -9,6 +9,7 @@ The positive cases of two-process sharding and equal weights are shown by the la
 import importlib.util
 import inspect
 import os
+import shutil
 import socket
 
 import pytest
@@ -24,6 +25,13 @@ from trl_diffusion.distributed import (
     describe_distributed_setup,
     gather_full_parameters,
     max_abs_differences,
+)
+
+
+# DeepSpeed on CPU builds a C++ communication op at first use.
+requires_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None or not (shutil.which("c++") or shutil.which("g++")),
+    reason="needs deepspeed and a C++ compiler",
 )
 
 
@@ -118,7 +126,7 @@ def zero3_engine(persistence_threshold):
     return engine
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")
+@requires_deepspeed
 def test_unsharded_zero3_engine_fails_the_sharding_and_stage_checks(single_process_group):
     reference = {name: value.detach().clone() for name, value in tiny_module().named_parameters()}
     # DeepSpeed's default persistence threshold (1e5 elements) exceeds every parameter of a tiny model: ZeRO-3 is
@@ -138,7 +146,7 @@ def test_unsharded_zero3_engine_fails_the_sharding_and_stage_checks(single_proce
     assert max(max_abs_differences(weights, reference).values()) == 0.0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")
+@requires_deepspeed
 def test_partitioned_zero3_engine_in_one_process_is_still_not_sharded(single_process_group):
     # Threshold 0 partitions every parameter, but one rank's partition is the whole tensor: no memory is saved, and
     # the run must not count as sharded (a two-rank ZeRO-3 launch that silently ran one process looks like this).

@@ -145,3 +145,20 @@ def test_tiny_recipes_parse():
             ["--config", os.path.join(ROOT, "tests", "fixtures", recipe), "--model_name_or_path", "x"]
         )
         assert args[1].max_steps == 2
+
+
+def test_contract_trl_script_helpers():
+    # the shared scripts rely on these TRL / accelerate entry points
+    import inspect
+
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+    from trl import get_peft_config, get_quantization_config
+
+    assert list(inspect.signature(TrlParser.parse_args_and_config).parameters)[:2] == ["self", "args"]
+    assert list(inspect.signature(get_peft_config).parameters) == ["model_args"]
+    assert list(inspect.signature(get_quantization_config).parameters) == ["model_args"]
+    assert list(inspect.signature(Accelerator.split_between_processes).parameters)[:2] == ["self", "inputs"]
+    assert list(inspect.signature(gather_object).parameters) == ["object"]
+    model_fields = set(ModelConfig.__dataclass_fields__)
+    assert {"model_name_or_path", "model_revision", "attn_implementation", "dtype", "lora_r"} <= model_fields

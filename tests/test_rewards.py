@@ -215,3 +215,14 @@ def test_format_rewards():
     ]
     assert format_reward(prompts=None, completions=completions) == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
     assert strict_format_reward(prompts=None, completions=completions) == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_contract_grpo_trainer_calls_rewards_with_keywords():
+    # TRL 1.16 GRPOTrainer._calculate_rewards passes prompts/completions/completion_ids and the dataset columns as
+    # keywords; our rewards read their columns by name from those keywords.
+    from trl import GRPOTrainer
+
+    signature = inspect.signature(GRPOTrainer._calculate_rewards)
+    assert list(signature.parameters) == ["self", "inputs", "prompts", "completions", "completion_ids_list"]
+    source = inspect.getsource(GRPOTrainer._calculate_rewards)
+    assert "prompts=prompts, completions=completions, completion_ids=completion_ids_list, **reward_kwargs" in source

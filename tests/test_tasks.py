@@ -164,3 +164,30 @@ def test_s1k_fixture():
     completion = dataset[0]["completion"][0]
     assert completion["role"] == "assistant"
     assert format_reward(prompts=None, completions=[completion["content"]]) == [1.0]
+
+
+@pytest.mark.parametrize(
+    "name, split, expected",
+    [
+        ("gsm8k", "test", ("openai/gsm8k", "main", "test")),
+        ("gsm8k", "train", ("openai/gsm8k", "main", "train")),
+        ("math500", "test", ("HuggingFaceH4/MATH-500", None, "test")),
+        ("math500", "train", ("ankner/math-500", None, "train")),
+    ],
+)
+def test_hub_tasks_use_the_hub_ids(monkeypatch, name, split, expected):
+    import datasets
+
+    import trl_diffusion.tasks.base as base
+
+    fixture = datasets.load_dataset("json", data_files=os.path.join(FIXTURES, f"{name}.jsonl"), split="train")
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None):
+        calls.append((path, name, split))
+        return fixture
+
+    monkeypatch.setattr(base, "load_dataset", fake_load_dataset)
+    dataset = get_task(name).load(split, limit=2)
+    assert calls == [expected]
+    assert len(dataset) == 2

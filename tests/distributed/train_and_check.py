@@ -19,6 +19,7 @@ import sys
 
 import torch
 from datasets import Dataset
+from transformers import TrainerCallback
 
 
 EXPECTATIONS = {
@@ -40,7 +41,12 @@ def parse_args(argv=None):
     parser.add_argument("--atol", type=float, default=None, help="tolerance of the comparison with --reference")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--global-batch", type=int, default=8, help="rows per optimisation step, all ranks together")
-    parser.add_argument("--ds3-gather-for-generation", choices=("true", "false"), default="true")
+    parser.add_argument(
+        "--ds3-gather-for-generation",
+        choices=("true", "false", "alternate"),
+        default="true",
+        help="GRPO under ZeRO-3: gather weights for generation; 'alternate' starts gathered and flips every step",
+    )
     parser.add_argument("--bf16", action="store_true", help="train in bf16 (GPU matrix)")
     args = parser.parse_args(argv)
     if args.reference is not None and args.atol is None:
@@ -83,7 +89,15 @@ def row_seeded_trainer_class():
     from trl_diffusion import DiffuGRPOTrainer
 
     class RowSeededDiffuGRPOTrainer(DiffuGRPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # Per rollout: ZeRO-3 weights materialised (True) or sharded (False) while generating; None without ZeRO-3.
+            self.generation_gathered = []
+
         def rollout(self, model, prompt_ids, prompt_mask, generator):
+            zero3 = [parameter for parameter in model.parameters() if hasattr(parameter, "ds_numel")]
+            gathered = all(parameter.data.numel() == parameter.ds_numel for parameter in zero3) if zero3 else None
+            self.generation_gathered.append(gathered)
             repeats, rows = Counter(), []
             for ids, mask in zip(prompt_ids, prompt_mask, strict=True):  # (P,) each
                 prompt = tuple(ids[mask.bool()].tolist())
@@ -94,6 +108,13 @@ def row_seeded_trainer_class():
             return torch.cat(rows)  # (B, P + L)
 
     return RowSeededDiffuGRPOTrainer
+
+
+class AlternateGatherCallback(TrainerCallback):
+    """Flip `ds3_gather_for_generation` after every step: one launch generates with and without gathering."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        args.ds3_gather_for_generation = not args.ds3_gather_for_generation
 
 
 def build_trainer(args, world_size):
@@ -142,10 +163,15 @@ def build_trainer(args, world_size):
         # Prompt masks of the log-prob estimate are seeded per rank too; with p = 0 the estimate is deterministic.
         p_mask_prompt=0.0,
         beta=0.0,
-        ds3_gather_for_generation=args.ds3_gather_for_generation == "true",
+        ds3_gather_for_generation=args.ds3_gather_for_generation != "false",
     )
+    callbacks = [AlternateGatherCallback()] if args.ds3_gather_for_generation == "alternate" else None
     return row_seeded_trainer_class()(
-        model=args.model, reward_funcs=digit_reward, args=config, train_dataset=grpo_dataset(args.global_batch)
+        model=args.model,
+        reward_funcs=digit_reward,
+        args=config,
+        train_dataset=grpo_dataset(args.global_batch),
+        callbacks=callbacks,
     )
 
 
@@ -189,6 +215,7 @@ def main(argv=None):
         "cross_rank_max_abs_difference": cross_rank,
         "max_abs_change_from_initial": max(max_abs_differences(final, initial).values()),
         "steps": trainer.state.global_step,
+        "generation_gathered": getattr(trainer, "generation_gathered", []),
     }
     if args.reference is not None:
         reference = torch.load(args.reference, weights_only=True)

@@ -179,7 +179,11 @@ class MaskedSFTTrainer(SFTTrainer):
 
     Masks come from a trainer-owned `torch.Generator` seeded with `seed + process_index` (never the global RNG). The
     logit shift (Dream) and the mask token id come from [`~trl_diffusion.get_model_spec`], the config's
-    `mask_token_id` overriding.
+    `mask_token_id` overriding. Like `SFTTrainer`, the log-probabilities come from TRL's fused LM head (scored at the
+    masked positions only, without building the `(B, L, V)` logits, unshifted through `shift_labels`), which needs a
+    model whose `base_model` returns `last_hidden_state` and whose output embedding is a plain linear head (true of
+    the native LLaDA / Dream models and the test stand-in; a model with a transform between the two would be scored
+    wrongly). `max_length` (TRL's truncation of prompt + completion, before the EOS padding) still applies.
     """
 
     _tag_names = ["trl", "sft", "trl-diffusion", "masked-diffusion"]
