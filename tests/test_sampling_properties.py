@@ -200,3 +200,13 @@ def test_progress_bar(model, capsys):
     generate(model, prompt, gen_length=4, block_length=2, steps=4, show_progress=True)
     err = capsys.readouterr().err
     assert "diffusion sampling" in err and "4/4" in err
+
+
+def test_bfloat16_model(model):
+    # low-precision logits are upcast before the float64 Gumbel noise and the confidence
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    prompt = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    for kwargs in ({}, {"temperature": 0.9, "seed": 0}, {"cfg_scale": 1.0}):
+        out = generate(half, prompt, gen_length=8, block_length=4, steps=4, **kwargs)
+        assert out.dtype == torch.long and out.shape == (2, 11)
+        assert torch.equal(out[:, :3], prompt) and not (out[:, 3:] == MASK_ID).any()

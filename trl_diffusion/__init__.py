@@ -55,3 +55,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from trl_diffusion.trainer.diffu_grpo_trainer import DiffuGRPOTrainer  # noqa: F401
     from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig  # noqa: F401
     from trl_diffusion.trainer.masked_sft_trainer import MaskedSFTTrainer  # noqa: F401
+    from trl_diffusion.sampling import DiffusionGenerationConfig, generate  # noqa: F401

@@ -16,10 +16,21 @@ as used by d1 (arXiv 2504.12216):
 5. Classifier-free guidance (LLaDA Eq. 16) runs a second pass with the prompt masked and combines
    `un + (cfg_scale + 1) * (cond - un)`.
 
-Differences from the reference code, all on purpose: left-padded prompts get an attention mask and position ids
-counting real tokens (so a row's output cannot depend on its batch), the mask id and the logit shift come from the
-model spec, the Gumbel noise is always float64, softmax / argmax run on the current block only, and randomness only
-comes from an explicit `torch.Generator` (or a seed).
+Differences from the reference code, all on purpose:
+
+- left-padded prompts get an attention mask and position ids counting real tokens, so a row's output cannot depend
+  on which prompts share its batch;
+- the mask id and the logit shift (Dream) come from the model spec instead of being hard-coded;
+- the Gumbel noise is always float64, drawn only for the masks left in the current block, and randomness only
+  comes from an explicit `torch.Generator` (or a seed), never from the global RNG;
+- logits, argmax and confidences are computed only for the masks left in the current block (the reference
+  computes them for the whole sequence and then discards them with `-inf`), through `logits_to_keep` when the
+  model supports it; the normaliser of the confidence is summed in float32 (see `_propose`);
+- `[MASK]` is never proposed as an answer token (the reference can write it back and return masks).
+
+Every call makes exactly `steps` model calls (twice that with guidance) whatever the data, so ranks of a
+ZeRO-3 job without parameter gathering stay in lockstep. A per-step function (`_denoise_step`) holds the
+update so that cached or threshold-based decoding can replace it.
 """
 
 import dataclasses
@@ -255,7 +266,8 @@ def _propose(
     logits: torch.Tensor, mask_token_id: int, config: DiffusionGenerationConfig, generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    Proposals `x0` `(B, n)` and their confidences `(B, n)` for the `n` masked positions of the block.
+    Proposals `x0` `(B, n)` and their confidences `(B, n)` for the `n` masked positions of the block. The `logits`
+    buffer is consumed (overwritten in place).
 
     Random numbers, in this order when used (the documented noise source, so that a reference can replay it); slice
     `j` of row `b` belongs to the `j`-th masked column of the block from the left:
@@ -271,7 +283,7 @@ def _propose(
     """
     device = logits.device
     if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
+        logits = logits.float()  # (B, n, V); overwritten below, like the model's output
     top, x0 = logits.max(dim=-1)  # (B, n)
     if config.temperature > 0:
         gumbel = _uniform(logits.shape, generator, device)  # (B, n, V) float64 u
@@ -286,9 +298,9 @@ def _propose(
             masked[..., mask_token_id] = -math.inf
             x0 = torch.where(proposes_mask, masked.argmax(dim=-1), x0)
     if config.remasking == "low_confidence":
-        shifted = logits - top.unsqueeze(-1)  # (B, n, V), <= 0
-        total = shifted.exp_().sum(dim=-1)  # (B, n), >= 1
         chosen = logits.gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (B, n)
+        # in place: the logits are not needed any more, and a fresh (B, n, V) buffer costs more than the arithmetic
+        total = logits.sub_(top.unsqueeze(-1)).exp_().sum(dim=-1)  # (B, n), >= 1
         confidence = torch.exp((chosen - top).to(torch.float64)) / total.to(torch.float64)
     else:
         confidence = _uniform(x0.shape, generator, device)  # (B, n)
