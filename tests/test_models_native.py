@@ -236,3 +236,48 @@ def test_generate_runs_the_diffusion_sampler(loaded, family_path, tokenizer):
     assert greedy.shape[1] == encoded["input_ids"].shape[1] + 4
     with pytest.raises(TypeError, match="DiffusionGenerationConfig"):
         model.generate(encoded["input_ids"], generation_config=GenerationConfig(max_new_tokens=4))
+
+
+def test_default_position_ids_count_real_tokens_only():
+    from trl_diffusion.models.bidirectional import position_ids_from_mask
+
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    expected = torch.tensor([[0, 0, 0, 1, 2], [0, 1, 2, 2, 2], [0, 1, 2, 3, 4]])
+    assert torch.equal(position_ids_from_mask(mask, 3, 5, "cpu"), expected)
+    assert torch.equal(position_ids_from_mask(None, 2, 3, "cpu"), torch.tensor([[0, 1, 2], [0, 1, 2]]))
+
+
+@pytest.mark.parametrize("family_path", FAMILIES, indirect=True)
+def test_forward_uses_real_token_positions_by_default(loaded, family_path):
+    # RoPE is relative, so a constant offset changes logits only by rounding: compare bitwise
+    model = loaded(family_path)
+    input_ids, mask = _pad(_rows(seed=6), "left")
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        default = model(input_ids, attention_mask=mask).logits
+        explicit = model(input_ids, attention_mask=mask, position_ids=positions).logits
+        shifted = model(input_ids, attention_mask=mask, position_ids=positions + 1000).logits
+    torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+    assert not torch.equal(default, shifted)  # explicit position ids are honoured
+
+
+def test_fused_lm_head_under_peft_lora_as_grpo_applies_it(official_llada_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = AutoModelForCausalLM.from_pretrained(official_llada_path)
+    targets = ["q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"]
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    input_ids, mask = _pad(_rows(seed=7), "left")
+    labels = input_ids.masked_fill(mask == 0, -100)
+    with torch.no_grad():
+        expected = torch.log_softmax(peft_model(input_ids=input_ids, attention_mask=mask).logits, -1)
+    add_fused_lm_head(peft_model.get_base_model())  # GRPOTrainer patches the base model of a PEFT model
+    peft_model.train()
+    out = peft_model(input_ids=input_ids, attention_mask=mask, labels=labels, shift_labels=labels, fused_lm_head=True)
+    valid = labels != -100
+    torch.testing.assert_close(
+        out.log_probs[valid].detach(), expected.gather(-1, input_ids[..., None]).squeeze(-1)[valid], rtol=0, atol=1e-5
+    )
+    out.log_probs.sum().backward()
+    lora = [p for name, p in peft_model.named_parameters() if "lora_" in name]
+    assert lora and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
