@@ -1,4 +1,5 @@
 import inspect
+import random
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import trl_diffusion
 import trl_diffusion.trainer.masked_sft_trainer as trainer_module
 from trl_diffusion import MaskedSFTConfig, MaskedSFTTrainer
 from trl_diffusion.masking import mask_response_tokens
-from trl_diffusion.testing import tiny_standin_model
+from trl_diffusion.testing import tiny_dream_model, tiny_llada_model, tiny_standin_model
 
 
 def make_args(tmp_path, **kwargs):
@@ -152,8 +153,9 @@ def test_collated_batch_layout_prompt_never_masked_eos_padding_masked(tmp_path, 
         lambda module, a, kw: seen.append(kw["input_ids"].clone()), with_kwargs=True
     )
     trainer.model.train()
-    for _ in range(20):
-        trainer.compute_loss(trainer.model, {k: v.clone() for k, v in batch.items()})
+    with torch.no_grad():
+        for _ in range(20):
+            trainer.compute_loss(trainer.model, {k: v.clone() for k, v in batch.items()})
     handle.remove()
     response = batch["labels"] != -100
     eos_padding = response & (batch["input_ids"] == eos)
@@ -205,10 +207,14 @@ def reference_llada_sft_loss(model, batch, noisy, ratio, logit_shift):
     return torch.stack(row_losses).mean()
 
 
-@pytest.mark.parametrize("logit_shift", [False, True])
-def test_loss_matches_per_row_reference(tmp_path, tokenizer, monkeypatch, logit_shift):
-    model = tiny_standin_model(tokenizer, seed=3)
-    model.config.diffusion_logit_shift = logit_shift  # read by get_model_spec for families without an entry
+@pytest.mark.parametrize(
+    "factory, logit_shift",
+    [(tiny_standin_model, False), (tiny_standin_model, True), (tiny_llada_model, False), (tiny_dream_model, True)],
+)
+def test_loss_matches_per_row_reference(tmp_path, tokenizer, monkeypatch, factory, logit_shift):
+    model = factory(tokenizer, seed=3)
+    if factory is tiny_standin_model:
+        model.config.diffusion_logit_shift = logit_shift  # read by get_model_spec for families without an entry
     # odd lengths and mixed prompt lengths; one prompt-less plain-text row would change the answer length with the
     # logit shift, so the prompt-completion format is used
     data = Dataset.from_dict({"prompt": ["123+45=", "6=", "77+1=", "9+9+9="], "completion": ["168", "6", "78", "27"]})
@@ -395,13 +401,17 @@ def test_contract_trl_methods_overridden_or_relied_on():
         assert name in init
     assert params(Trainer._get_num_items_in_batch) == ["self", "batch_samples", "device"]
     assert params(Trainer.training_step) == ["self", "model", "inputs", "num_items_in_batch"]
+    assert params(Trainer._save_rng_state) == ["self", "output_dir"]
+    assert params(Trainer._load_rng_state) == ["self", "checkpoint"]
     # num_items_in_batch counts `labels != -100`, shifted only when `_loss_shifts_labels`, and is only counted when
     # `model_accepts_loss_kwargs`; the division by accumulation steps is skipped when `loss_is_scaled_for_ga`.
     count_source = inspect.getsource(Trainer._get_num_items_in_batch)
     assert "_loss_shifts_labels" in count_source and "model_accepts_loss_kwargs" in count_source
     assert "loss_is_scaled_for_ga" in inspect.getsource(Trainer.training_step)
     assert hasattr(Trainer, "loss_is_scaled_for_ga")
-    assert "add_fused_lm_head" in inspect.getsource(SFTTrainer.__init__)
+    # the fused head SFTTrainer installs must compute the entropy and top-1 flags the masked metrics read
+    init_source = inspect.getsource(SFTTrainer.__init__)
+    assert "add_fused_lm_head" in init_source and '"entropy"' in init_source and '"is_top1"' in init_source
     assert params(add_fused_lm_head)[:1] == ["model"]
     assert params(DataCollatorForLanguageModeling.torch_call) == ["self", "examples"]
 
@@ -420,3 +430,76 @@ def test_contract_fused_head_scores_unshifted_labels(tokenizer):
     assert out.entropy is not None and out.is_top1 is not None
     assert torch.equal(out.label_mask, labels != -100)
     torch.testing.assert_close(F.cross_entropy(logits[0, 1:2], labels[0, 1:2]).float(), -out.log_probs[0, 1])
+
+
+# ---------------------------------------------------------------- toy task, decoded with the package sampler
+
+
+def copy_task_strings(count, seed, exclude=()):
+    """Random 4-digit strings, none of them in `exclude`."""
+    rng = random.Random(seed)
+    strings = []
+    while len(strings) < count:
+        s = "".join(rng.choice("0123456789") for _ in range(4))
+        if s not in exclude:
+            strings.append(s)
+    return strings
+
+
+def test_toy_copy_task_learned_and_decoded_with_sampler(tmp_path, tokenizer, single_thread):
+    """Copy a 4-digit string into a 6-token answer: the model must also learn the two trailing EOS (the trained EOS
+    padding) so that decoding stops; decoded with the package sampler from a model trained from scratch."""
+    from trl_diffusion import generate
+
+    held_out = sorted(set(copy_task_strings(200, seed=1)))
+    train = copy_task_strings(4000, seed=0, exclude=set(held_out))
+    data = Dataset.from_dict({"prompt": [s + ">" for s in train], "completion": train})
+    length = 6  # 4 digits + 2 EOS
+    model = tiny_llada_model(tokenizer, hidden_size=64, num_layers=2, num_kv_heads=4, intermediate_size=256, seed=0)
+    args = make_args(
+        tmp_path,
+        max_completion_length=length,
+        per_device_train_batch_size=32,
+        max_steps=150,
+        learning_rate=3e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=10,
+        weight_decay=0.0,
+        logging_steps=50,
+    )
+    trainer = MaskedSFTTrainer(model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer.train()
+
+    model = trainer.model.eval()
+    encoded = tokenizer([s + ">" for s in held_out], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = generate(
+            model,
+            encoded["input_ids"],
+            attention_mask=encoded["attention_mask"],
+            gen_length=length,
+            block_length=length,
+            steps=length,
+            temperature=0.0,
+        )
+    answers = out[:, encoded["input_ids"].size(1) :].tolist()
+    eos = tokenizer.eos_token_id
+    expected = [tokenizer(s)["input_ids"] + [eos] * (length - len(s)) for s in held_out]
+    exact = sum(a == e for a, e in zip(answers, expected, strict=True)) / len(held_out)
+    assert exact >= 0.9, f"exact match {exact:.3f}"
+
+
+def test_checkpoint_saves_and_restores_mask_generator(tmp_path, tokenizer, standin_model_path):
+    args = make_args(tmp_path, max_completion_length=4, save_strategy="steps", save_steps=1, max_steps=1)
+    trainer = MaskedSFTTrainer(
+        standin_model_path, args=args, train_dataset=prompt_completion_dataset(), processing_class=tokenizer
+    )
+    trainer.train()
+    state_after_step = trainer._mask_generator.get_state()
+    checkpoint = str(tmp_path / "out" / "checkpoint-1")
+    fresh = MaskedSFTTrainer(
+        standin_model_path, args=args, train_dataset=prompt_completion_dataset(), processing_class=tokenizer
+    )
+    assert not torch.equal(fresh._mask_generator.get_state(), state_after_step)
+    fresh._load_rng_state(checkpoint)
+    assert torch.equal(fresh._mask_generator.get_state(), state_after_step)

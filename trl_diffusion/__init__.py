@@ -17,6 +17,8 @@ _LAZY_ATTRS = {
     "get_model_spec": "trl_diffusion.models.spec",
     "DemoConfig": "trl_diffusion.demo.config",
     "run_demo": "trl_diffusion.demo.pipeline",
+    "MaskedSFTConfig": "trl_diffusion.trainer.masked_sft_config",
+    "MaskedSFTTrainer": "trl_diffusion.trainer.masked_sft_trainer",
     "LLaDAConfig": "trl_diffusion.models.llada",
     "LLaDAModel": "trl_diffusion.models.llada",
     "LLaDAForMaskedDiffusion": "trl_diffusion.models.llada",

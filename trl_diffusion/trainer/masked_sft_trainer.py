@@ -1,5 +1,6 @@
 """LLaDA's masked supervised fine-tuning (the first stage of d1) as a subclass of TRL's `SFTTrainer`."""
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,12 +173,17 @@ class MaskedSFTTrainer(SFTTrainer):
     - `compute_loss` is the masked diffusion loss. TRL's causal metrics (`mean_token_accuracy`, `entropy` of the
       next-token prediction) are not computed; logged instead: `masked_token_accuracy` and `entropy` over masked
       response positions, `mask_ratio` (mean `t`), `num_tokens`;
+    - checkpoints also save the mask generator's state (`_save_rng_state` / `_load_rng_state`);
     - `prediction_step` returns the loss only (predictions depend on the random masks), so `compute_metrics` is
       refused; evaluation masks come from a generator reset to `eval_mask_seed` at every evaluation.
 
     Masks come from a trainer-owned `torch.Generator` seeded with `seed + process_index` (never the global RNG). The
     logit shift (Dream) and the mask token id come from [`~trl_diffusion.get_model_spec`], the config's
-    `mask_token_id` overriding.
+    `mask_token_id` overriding. Like `SFTTrainer`, the log-probabilities come from TRL's fused LM head (scored at the
+    masked positions only, without building the `(B, L, V)` logits, unshifted through `shift_labels`), which needs a
+    model whose `base_model` returns `last_hidden_state` and whose output embedding is a plain linear head (true of
+    the native LLaDA / Dream models and the test stand-in; a model with a transform between the two would be scored
+    wrongly). `max_length` (TRL's truncation of prompt + completion, before the EOS padding) still applies.
     """
 
     _tag_names = ["trl", "sft", "trl-diffusion", "masked-diffusion"]
@@ -252,6 +258,26 @@ class MaskedSFTTrainer(SFTTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         dataset = split_last_assistant_turn(dataset)
         return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+
+    def _mask_generator_file(self, checkpoint: str) -> str:
+        return os.path.join(checkpoint, f"mask_generator_state_{self.accelerator.process_index}.pth")
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        # Checkpoints also keep the mask generator, so a resumed run draws the masks an uninterrupted run would.
+        super()._save_rng_state(output_dir)
+        torch.save(self._mask_generator.get_state(), self._mask_generator_file(output_dir))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        path = self._mask_generator_file(checkpoint)
+        if os.path.isfile(path):
+            self._mask_generator.set_state(torch.load(path, weights_only=True))
+        else:
+            logger.warning(
+                f"No mask generator state in {checkpoint}: masks after resuming differ from an unbroken run."
+            )
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, **kwargs):
         # Same masks at every evaluation, so evaluation losses are comparable across steps.
