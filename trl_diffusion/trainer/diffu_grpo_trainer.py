@@ -21,6 +21,18 @@ from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig, check_suppo
 # the last bit, on its position in a micro-batch (CPU kernels block tokens): old-policy log-probs computed at
 # generation time then equal the current ones exactly at the first inner iteration, after TRL's shuffle and split.
 _SCORING_LENGTH_MULTIPLE = 16
+# Sampler fields derived from trainer-config fields, which `diffusion_generation_kwargs` may not override.
+_DEDICATED_FIELDS = {
+    "gen_length": "max_completion_length",
+    "block_length": "block_length",
+    "steps": "diffusion_steps",
+    "temperature": "temperature",
+    "remasking": "remasking",
+    "cfg_scale": "cfg_scale",
+    "mask_token_id": "mask_token_id",
+    "logit_shift": "model spec (`trl_diffusion.MODEL_SPECS`)",
+    "seed": "seed",
+}
 # Tags that keep the seed streams of rollouts, training masks and evaluation apart.
 _ROLLOUT_STREAM, _TRAIN_STREAM, _EVAL_STREAM = 1, 2, 3
 
@@ -149,6 +161,12 @@ class DiffuGRPOTrainer(GRPOTrainer):
             raise ValueError(
                 f"Unknown `diffusion_generation_kwargs` {unknown}; DiffusionGenerationConfig fields are "
                 f"{sorted(known)}."
+            )
+        derived = sorted(set(extra) & set(_DEDICATED_FIELDS))
+        if derived:
+            raise ValueError(
+                f"`diffusion_generation_kwargs` may not set {derived}: they come from the config fields "
+                f"{[_DEDICATED_FIELDS[name] for name in derived]}; set those instead."
             )
         values = {
             "gen_length": args.max_completion_length,
