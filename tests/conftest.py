@@ -1,13 +1,12 @@
-import os
-
 import pytest
 import torch
 
 from trl_diffusion.testing import build_tokenizer, save_tiny_model
 
 
-# Two-core machines: keep intra-op threads bounded so parallel test workers do not oversubscribe.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tests run as `pytest -n 2` on two-core machines: one intra-op thread per worker. Two threads per worker spin-wait
+# for each other on tiny ops and run tiny models many times slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -19,16 +18,6 @@ def tokenizer():
 def standin_model_path(tmp_path_factory, tokenizer):
     """A tiny bidirectional stand-in model and its tokenizer, saved once per session."""
     return save_tiny_model(tmp_path_factory.mktemp("standin"), kind="standin", tokenizer=tokenizer)
-
-
-@pytest.fixture(scope="module")
-def single_thread():
-    """One intra-op thread for a module of many tiny ops: on a loaded 2-core machine two threads spin-wait for each
-    other and run tiny models tens of times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +34,13 @@ def official_dream_path(tmp_path_factory, tokenizer):
     from trl_diffusion.testing import save_official_dream_checkpoint
 
     return save_official_dream_checkpoint(tmp_path_factory.mktemp("official_dream"), tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module of many tiny ops: on a loaded 2-core machine two threads spin-wait for each
+    other and run tiny models tens of times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -488,24 +488,23 @@ def test_native_llada_and_dream(tmp_path, tokenizer, kind, peft):
     from trl_diffusion.testing import save_tiny_model
 
     path = save_tiny_model(tmp_path / kind, kind=kind, tokenizer=tokenizer)
-    model_class = {"llada": trl_diffusion.LLaDAForMaskedDiffusion, "dream": trl_diffusion.DreamForMaskedDiffusion}[
-        kind
-    ]
-    # KL only with PEFT (reference = adapter disabled): TRL rebuilds a full reference with `create_model_from_path`,
-    # which reads `config.auto_map`, an attribute the native configs do not define yet.
-    config = make_config(tmp_path, num_iterations=2, steps_per_generation=1, max_steps=2, beta=0.04 if peft else 0.0)
+    # beta > 0 always: with PEFT the reference is the adapter-disabled policy, without it TRL rebuilds a full
+    # reference model from the checkpoint path (native classes, no remote code).
+    config = make_config(tmp_path, num_iterations=2, steps_per_generation=1, max_steps=2, beta=0.04)
     trainer = TracedTrainer(
-        model_class.from_pretrained(path),
+        path,
         reward_char_sum,
         args=config,
         train_dataset=prompts_dataset(),
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear") if peft else None,
     )
+    expected_class = {"llada": trl_diffusion.LLaDAForMaskedDiffusion, "dream": trl_diffusion.DreamForMaskedDiffusion}
+    assert isinstance(trainer.model.get_base_model() if peft else trainer.model, expected_class[kind])
+    assert (trainer.ref_model is None) == peft
     assert trainer.diffusion_spec.logit_shift == (kind == "dream")
     before = trainable_snapshot(trainer)
     trainer.train()
     assert_all_changed(trainer, before)
     first, loss = trainer.trace["scoring"][0], trainer.trace["loss"][0]
     assert torch.equal(first["logps"], loss["old_per_token_logps"][:, 0])
-    if peft:
-        assert first_logged(trainer, "kl") == 0.0
+    assert first_logged(trainer, "kl") == 0.0

@@ -281,3 +281,16 @@ def test_fused_lm_head_under_peft_lora_as_grpo_applies_it(official_llada_path):
     out.log_probs.sum().backward()
     lora = [p for name, p in peft_model.named_parameters() if "lora_" in name]
     assert lora and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_trl_loads_native_checkpoints_by_path(tmp_path, tokenizer, kind):
+    # TRL builds policies and full reference models with `create_model_from_path`, which reads `config.auto_map`.
+    from trl.trainer.utils import create_model_from_path
+
+    from trl_diffusion.testing import save_tiny_model
+
+    path = save_tiny_model(tmp_path / kind, kind=kind, tokenizer=tokenizer)
+    model = create_model_from_path(path)
+    assert type(model).__name__ == {"llada": "LLaDAForMaskedDiffusion", "dream": "DreamForMaskedDiffusion"}[kind]
+    assert "auto_map" not in model.config.to_dict()  # nothing written back that points at remote code

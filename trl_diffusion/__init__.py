@@ -29,6 +29,11 @@ _LAZY_ATTRS = {
     "MaskedSFTTrainer": "trl_diffusion.trainer.masked_sft_trainer",
     "DiffusionGenerationConfig": "trl_diffusion.sampling",
     "generate": "trl_diffusion.sampling",
+    "countdown_reward": "trl_diffusion.rewards",
+    "format_reward": "trl_diffusion.rewards",
+    "math_reward": "trl_diffusion.rewards",
+    "strict_format_reward": "trl_diffusion.rewards",
+    "sudoku_reward": "trl_diffusion.rewards",
     "DiffuGRPOConfig": "trl_diffusion.trainer.diffu_grpo_config",
     "DiffuGRPOTrainer": "trl_diffusion.trainer.diffu_grpo_trainer",
 }
@@ -53,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from trl_diffusion.models.dream import DreamConfig, DreamForMaskedDiffusion, DreamModel  # noqa: F401
     from trl_diffusion.models.llada import LLaDAConfig, LLaDAForMaskedDiffusion, LLaDAModel  # noqa: F401
     from trl_diffusion.models.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec  # noqa: F401
+    from trl_diffusion.sampling import DiffusionGenerationConfig, generate  # noqa: F401
     from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig  # noqa: F401
     from trl_diffusion.trainer.diffu_grpo_trainer import DiffuGRPOTrainer  # noqa: F401
     from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig  # noqa: F401

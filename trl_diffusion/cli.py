@@ -12,6 +12,15 @@ import sys
 SUBCOMMANDS = {
     "env": ("trl_diffusion.commands.env", "Print platform, Python and dependency versions (for bug reports)."),
     "demo": ("trl_diffusion.commands.demo", "Train a tiny diffusion model with masked SFT then diffu-GRPO on CPU."),
+    "sft": ("trl_diffusion.commands.sft", "Masked SFT of a diffusion LM (LLaDA / d1 stage 1); see examples/recipes."),
+    "grpo": (
+        "trl_diffusion.commands.grpo",
+        "diffu-GRPO training of a diffusion LM (d1 stage 2); see examples/recipes.",
+    ),
+    "eval": (
+        "trl_diffusion.commands.eval",
+        "Evaluate diffusion LMs on d1's tasks (GSM8K, MATH500, Countdown, Sudoku).",
+    ),
 }
 
 

@@ -58,6 +58,8 @@ class DreamConfig(PreTrainedConfig):
     """
 
     model_type = "Dream"  # capitalised in the official config.json
+    # No remote code: TRL's `create_model_from_path` reads `config.auto_map` for classes outside transformers.
+    auto_map = {}
 
     vocab_size: int = 152064
     hidden_size: int = 3584

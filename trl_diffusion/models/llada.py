@@ -100,6 +100,8 @@ class LLaDAConfig(PreTrainedConfig):
     """
 
     model_type = "llada"
+    # No remote code: TRL's `create_model_from_path` reads `config.auto_map` for classes outside transformers.
+    auto_map = {}
     attribute_map = {
         "hidden_size": "d_model",
         "num_attention_heads": "n_heads",
