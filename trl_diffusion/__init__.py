@@ -15,8 +15,6 @@ _LAZY_ATTRS = {
     "DiffusionModelSpec": "trl_diffusion.models.spec",
     "MODEL_SPECS": "trl_diffusion.models.spec",
     "get_model_spec": "trl_diffusion.models.spec",
-    "DemoConfig": "trl_diffusion.demo.config",
-    "run_demo": "trl_diffusion.demo.pipeline",
     "MaskedSFTConfig": "trl_diffusion.trainer.masked_sft_config",
     "MaskedSFTTrainer": "trl_diffusion.trainer.masked_sft_trainer",
     "LLaDAConfig": "trl_diffusion.models.llada",
@@ -25,8 +23,6 @@ _LAZY_ATTRS = {
     "DreamConfig": "trl_diffusion.models.dream",
     "DreamModel": "trl_diffusion.models.dream",
     "DreamForMaskedDiffusion": "trl_diffusion.models.dream",
-    "MaskedSFTConfig": "trl_diffusion.trainer.masked_sft_config",
-    "MaskedSFTTrainer": "trl_diffusion.trainer.masked_sft_trainer",
     "DiffusionGenerationConfig": "trl_diffusion.sampling",
     "generate": "trl_diffusion.sampling",
     "countdown_reward": "trl_diffusion.rewards",
@@ -36,6 +32,8 @@ _LAZY_ATTRS = {
     "sudoku_reward": "trl_diffusion.rewards",
     "DiffuGRPOConfig": "trl_diffusion.trainer.diffu_grpo_config",
     "DiffuGRPOTrainer": "trl_diffusion.trainer.diffu_grpo_trainer",
+    "DemoConfig": "trl_diffusion.demo.config",
+    "run_demo": "trl_diffusion.demo.pipeline",
 }
 
 __all__ = ["__version__", *_LAZY_ATTRS]
@@ -63,4 +61,3 @@ if TYPE_CHECKING:  # pragma: no cover
     from trl_diffusion.trainer.diffu_grpo_trainer import DiffuGRPOTrainer  # noqa: F401
     from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig  # noqa: F401
     from trl_diffusion.trainer.masked_sft_trainer import MaskedSFTTrainer  # noqa: F401
-    from trl_diffusion.sampling import DiffusionGenerationConfig, generate  # noqa: F401
