@@ -17,8 +17,6 @@ _LAZY_ATTRS = {
     "get_model_spec": "trl_diffusion.models.spec",
     "MaskedSFTConfig": "trl_diffusion.trainer.masked_sft_config",
     "MaskedSFTTrainer": "trl_diffusion.trainer.masked_sft_trainer",
-    "DemoConfig": "trl_diffusion.demo.config",
-    "run_demo": "trl_diffusion.demo.pipeline",
     "LLaDAConfig": "trl_diffusion.models.llada",
     "LLaDAModel": "trl_diffusion.models.llada",
     "LLaDAForMaskedDiffusion": "trl_diffusion.models.llada",
@@ -34,6 +32,8 @@ _LAZY_ATTRS = {
     "sudoku_reward": "trl_diffusion.rewards",
     "DiffuGRPOConfig": "trl_diffusion.trainer.diffu_grpo_config",
     "DiffuGRPOTrainer": "trl_diffusion.trainer.diffu_grpo_trainer",
+    "DemoConfig": "trl_diffusion.demo.config",
+    "run_demo": "trl_diffusion.demo.pipeline",
 }
 
 __all__ = ["__version__", *_LAZY_ATTRS]
