@@ -109,7 +109,9 @@ class DemoConfig:
     rl_warmup_steps: int = field(default=30, metadata={"help": "RL warmup steps."})
     logging_steps: int = field(default=5, metadata={"help": "Trainer logging period in steps."})
     show_progress: bool = field(default=True, metadata={"help": "Progress bars and summary table."})
-    fast_rollouts: bool = field(default=False, metadata={"help": "Dual KV cache + threshold 0.9 in RL rollouts."})
+    fast_rollouts: bool = field(
+        default=False, metadata={"help": "Confidence-threshold (0.9) parallel decoding in RL rollouts."}
+    )
 
     def __post_init__(self):
         if self.device not in ("auto", "cpu", "cuda"):
