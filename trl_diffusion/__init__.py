@@ -32,6 +32,8 @@ _LAZY_ATTRS = {
     "sudoku_reward": "trl_diffusion.rewards",
     "DiffuGRPOConfig": "trl_diffusion.trainer.diffu_grpo_config",
     "DiffuGRPOTrainer": "trl_diffusion.trainer.diffu_grpo_trainer",
+    "DemoConfig": "trl_diffusion.demo.config",
+    "run_demo": "trl_diffusion.demo.pipeline",
 }
 
 __all__ = ["__version__", *_LAZY_ATTRS]

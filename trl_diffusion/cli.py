@@ -11,6 +11,7 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS = {
     "env": ("trl_diffusion.commands.env", "Print platform, Python and dependency versions (for bug reports)."),
+    "demo": ("trl_diffusion.commands.demo", "Train a tiny diffusion model with masked SFT then diffu-GRPO on CPU."),
     "sft": ("trl_diffusion.commands.sft", "Masked SFT of a diffusion LM (LLaDA / d1 stage 1); see examples/recipes."),
     "grpo": (
         "trl_diffusion.commands.grpo",

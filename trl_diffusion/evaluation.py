@@ -55,6 +55,12 @@ class EvalConfig:
             Remasking strategy of the sampler: `"low_confidence"` or `"random"`.
         cfg_scale (`float`, *optional*, defaults to `0.0`):
             Classifier-free guidance scale (0 disables it).
+        cache (`str`, *optional*, defaults to `"none"`):
+            Fast-dLLM's block-wise key/value cache (arXiv 2505.22618): `"none"` (exact sampler), `"prefix"` or
+            `"dual"` (native LLaDA / Dream models). Approximate: see `benchmarks/bench_rollouts.py`.
+        threshold (`float`, *optional*):
+            Confidence-aware parallel decoding: also unmask every masked position of the block whose confidence
+            exceeds this (Fast-dLLM: 0.9). `None`: the exact schedule.
         generation_kwargs (`dict` or `str`, *optional*):
             Further fields of `trl_diffusion.sampling.DiffusionGenerationConfig` (e.g. speed options), as a dict or a
             JSON string.
@@ -98,6 +104,16 @@ class EvalConfig:
         metadata={"help": "Remasking strategy.", "choices": ["low_confidence", "random"]},
     )
     cfg_scale: float = field(default=0.0, metadata={"help": "Classifier-free guidance scale (0: off)."})
+    cache: str = field(
+        default="none",
+        metadata={
+            "help": "Block-wise KV cache (Fast-dLLM): none (exact), prefix or dual.",
+            "choices": ["none", "prefix", "dual"],
+        },
+    )
+    threshold: float | None = field(
+        default=None, metadata={"help": "Confidence threshold of parallel decoding (Fast-dLLM: 0.9); default exact."}
+    )
     generation_kwargs: dict | str | None = field(
         default=None,
         metadata={"help": "Further DiffusionGenerationConfig fields as a JSON dict (e.g. speed options)."},
@@ -191,7 +207,7 @@ class EvalConfig:
             temperature=self.temperature,
             remasking=self.remasking,
             cfg_scale=self.cfg_scale,
-            **(self.generation_kwargs or {}),
+            **{"cache": self.cache, "threshold": self.threshold, **(self.generation_kwargs or {})},
         )
 
 

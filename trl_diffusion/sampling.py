@@ -46,6 +46,8 @@ from trl_diffusion.models.spec import get_model_spec, require_mask_token_id
 
 
 _REMASKING = ("low_confidence", "random")
+_CACHE_MODES = ("none", "prefix", "dual")
+_EARLY_STOP = ("agree", "local", "never")
 
 
 @dataclass
@@ -90,6 +92,33 @@ class DiffusionGenerationConfig:
             The global random state is never used.
         show_progress (`bool`, *optional*, defaults to `False`):
             Show a tqdm progress bar over the denoising steps.
+
+    > Rollout-speed options (Fast-dLLM, arXiv 2505.22618; the loop of `trl_diffusion.fast_sampling`). The defaults
+    > keep the exact sampler.
+
+        cache (`str`, *optional*, defaults to `"none"`):
+            Approximate block-wise key/value cache: `"none"` (exact), `"prefix"` (the steps of a block after its
+            first recompute the block and everything after it, reusing the keys and values of the prefix recorded at
+            the block's first step) or `"dual"` (they recompute the block only, reusing prefix and suffix). Needs a
+            model whose attention reads a `kv_cache` argument (the native LLaDA / Dream classes).
+        cache_refresh_interval (`int` or `None`, *optional*, defaults to `None`):
+            With a cache, record it again every this many steps inside a block (it is always recorded at a block's
+            first step). `1` records at every step, which gives exactly the exact sampler's tokens.
+        threshold (`float` or `None`, *optional*, defaults to `None`):
+            Confidence-aware parallel decoding: each step unmasks every masked position of the current block whose
+            confidence exceeds this value (Fast-dLLM: 0.9), and at least the exact schedule's number of tokens (at
+            least one), so a block never takes more than `steps_per_block` steps; it stops as soon as it has no mask
+            left. Needs `remasking="low_confidence"`.
+        factor (`float` or `None`, *optional*, defaults to `None`):
+            Fast-dLLM's factor rule instead of `threshold`: unmask the `n` most confident positions for the largest
+            `n` with `(n + 1) * (1 - c_n) < factor`, `c_n` the `n`-th highest confidence (same floor and stop).
+        early_stop (`str`, *optional*, defaults to `"agree"`):
+            When a block decoded with `threshold` / `factor` stops before `steps_per_block` steps: `"agree"` once no
+            row has a mask left on any process (a MAX all-reduce per step when `torch.distributed` is initialised
+            with several processes, so every rank runs the same number of forward passes, as ZeRO-3 requires; all
+            ranks must then sample together), `"local"` once this process's rows are done (no communication; not
+            ZeRO-3-safe), `"never"`: always `steps_per_block` steps per block (a fixed forward count, no
+            communication).
     """
 
     gen_length: int = field(default=256, metadata={"help": "Number of answer tokens generated after the prompt."})
@@ -118,6 +147,19 @@ class DiffusionGenerationConfig:
         default=None, metadata={"help": "Seed of a private generator when `generate` gets no `generator`."}
     )
     show_progress: bool = field(default=False, metadata={"help": "Show a tqdm progress bar over the steps."})
+    cache: str = field(
+        default="none", metadata={"help": "Block-wise key/value cache: `none` (exact), `prefix` or `dual`."}
+    )
+    cache_refresh_interval: int | None = field(
+        default=None, metadata={"help": "Re-record the cache every this many steps in a block (1: exact)."}
+    )
+    threshold: float | None = field(
+        default=None, metadata={"help": "Unmask every block position whose confidence exceeds this (e.g. 0.9)."}
+    )
+    factor: float | None = field(default=None, metadata={"help": "Fast-dLLM's factor rule instead of `threshold`."})
+    early_stop: str = field(
+        default="agree", metadata={"help": "Early block stop with threshold/factor: `agree`, `local` or `never`."}
+    )
 
     def __post_init__(self):
         for name in ("gen_length", "block_length", "steps"):
@@ -144,6 +186,42 @@ class DiffusionGenerationConfig:
             raise ValueError(f"`remasking` must be one of {_REMASKING}, got {self.remasking!r}.")
         if not (isinstance(self.cfg_scale, (int, float)) and math.isfinite(self.cfg_scale)) or self.cfg_scale < 0:
             raise ValueError(f"`cfg_scale` must be a finite number >= 0, got {self.cfg_scale!r}.")
+        self._check_speed_options()
+
+    def _check_speed_options(self):
+        if self.cache not in _CACHE_MODES:
+            raise ValueError(f"`cache` must be one of {_CACHE_MODES}, got {self.cache!r}.")
+        if self.cache_refresh_interval is not None:
+            if self.cache == "none":
+                raise ValueError("`cache_refresh_interval` only applies with `cache='prefix'` or `cache='dual'`.")
+            value = self.cache_refresh_interval
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`cache_refresh_interval` must be a positive integer or None, got {value!r}.")
+        if self.threshold is not None and self.factor is not None:
+            raise ValueError("Set either `threshold` or `factor` (two rules for the same decision), not both.")
+        if self.threshold is not None and not (isinstance(self.threshold, (int, float)) and 0 < self.threshold < 1):
+            raise ValueError(f"`threshold` must be a probability in (0, 1) (Fast-dLLM: 0.9), got {self.threshold!r}.")
+        if self.factor is not None and not (
+            isinstance(self.factor, (int, float)) and math.isfinite(self.factor) and self.factor > 0
+        ):
+            raise ValueError(f"`factor` must be a positive number (Fast-dLLM: 1.0), got {self.factor!r}.")
+        if self.parallel_decoding and self.remasking != "low_confidence":
+            raise ValueError(
+                "`threshold` / `factor` compare model confidences, so they need `remasking='low_confidence'` "
+                f"(got {self.remasking!r})."
+            )
+        if self.early_stop not in _EARLY_STOP:
+            raise ValueError(f"`early_stop` must be one of {_EARLY_STOP}, got {self.early_stop!r}.")
+
+    @property
+    def parallel_decoding(self) -> bool:
+        """Whether a step may unmask more tokens than the schedule (`threshold` or `factor` set)."""
+        return self.threshold is not None or self.factor is not None
+
+    @property
+    def is_fast(self) -> bool:
+        """Whether a rollout-speed option is on (then `trl_diffusion.fast_sampling` runs the block loop)."""
+        return self.cache != "none" or self.parallel_decoding
 
     @property
     def num_blocks(self) -> int:
@@ -155,7 +233,10 @@ class DiffusionGenerationConfig:
 
     @property
     def forward_passes(self) -> int:
-        """Number of model calls one [`generate`] call makes, whatever the data (ZeRO-3 needs this fixed)."""
+        """
+        Number of model calls one [`generate`] call makes, whatever the data (ZeRO-3 needs this fixed). With
+        `threshold` / `factor` it is the maximum: blocks may stop early (agreed across processes by default).
+        """
         return self.steps * (2 if self.cfg_scale > 0 else 1)
 
     @property
@@ -385,7 +466,8 @@ def generate(
 
     Returns:
         `torch.LongTensor` `(B, P + gen_length)`: the prompts unchanged followed by the answers (no mask left).
-        Exactly `config.forward_passes` model calls are made, whatever the data.
+        Exactly `config.forward_passes` model calls are made, whatever the data (at most that many with
+        `threshold` / `factor`, see `early_stop`).
     """
     config = config if config is not None else DiffusionGenerationConfig()
     if overrides:
@@ -444,6 +526,15 @@ def generate(
 
     schedule = num_transfer_tokens(config.block_length, config.steps_per_block)
     from tqdm.auto import tqdm
+
+    if config.is_fast:  # rollout-speed options (Fast-dLLM): block-wise KV cache and/or parallel decoding
+        from trl_diffusion.fast_sampling import fast_denoise
+
+        with tqdm(total=config.steps, desc="diffusion sampling", disable=not config.show_progress) as progress:
+            return fast_denoise(
+                model, x, un_x if config.cfg_scale > 0 else None, full_mask, position_ids, prompt_length,
+                mask_token_id, shift, config, generator, callback, progress,
+            )  # fmt: skip
 
     with tqdm(total=config.steps, desc="diffusion sampling", disable=not config.show_progress) as progress:
         for block in range(config.num_blocks):

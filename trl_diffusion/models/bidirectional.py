@@ -172,7 +172,16 @@ class BidirectionalAttentionMixin:
     def attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attention of every query over every unmasked key. Returns (B, L, H * d) and the weights (eager only)."""
+        """
+        Attention of every query over every unmasked key. Returns (B, L, H * d) and the weights (eager only).
+
+        With a `kv_cache` keyword (a [`~trl_diffusion.cache.BlockKVCache`], Fast-dLLM's block-wise cache) the keys and
+        values of this pass are handed to the cache, which records them or merges them into the cached sequence;
+        the queries of this pass then attend over the keys and values it returns. Without one nothing changes.
+        """
+        kv_cache = kwargs.pop("kv_cache", None)
+        if kv_cache is not None:
+            key, value = kv_cache.update(key, value, self.layer_idx)  # (B, H_kv, S, d), S >= L
         interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )

@@ -32,6 +32,8 @@ _DEDICATED_FIELDS = {
     "mask_token_id": "mask_token_id",
     "logit_shift": "model spec (`trl_diffusion.MODEL_SPECS`)",
     "seed": "seed",
+    "cache": "rollout_cache",
+    "threshold": "rollout_threshold",
 }
 # Tags that keep the seed streams of rollouts, training masks and evaluation apart.
 _ROLLOUT_STREAM, _TRAIN_STREAM, _EVAL_STREAM = 1, 2, 3
@@ -179,6 +181,8 @@ class DiffuGRPOTrainer(GRPOTrainer):
             "eos_token_id": list(dict.fromkeys([*self.eos_token_ids, *self.diffusion_spec.eos_token_ids])),
             "pad_token_id": self._tokenizer.pad_token_id,
             "logit_shift": self.diffusion_spec.logit_shift,
+            "cache": args.rollout_cache,
+            "threshold": args.rollout_threshold,
         }
         return DiffusionGenerationConfig(**{**values, **extra})
 

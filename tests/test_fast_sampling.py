@@ -1,0 +1,416 @@
+"""Rollout-speed options of the sampler: block-wise KV cache (prefix / dual) and confidence-aware parallel decoding."""
+
+import math
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from trl_diffusion import fast_sampling
+from trl_diffusion.cache import BlockKVCache
+from trl_diffusion.fast_sampling import select_parallel
+from trl_diffusion.sampling import DiffusionGenerationConfig, generate
+from trl_diffusion.testing import build_tokenizer, tiny_dream_model, tiny_llada_model, tiny_standin_model
+
+
+MASK = 2
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models on a shared machine: one intra-op thread
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def _prompts(tok, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, len(tok), (3, 7), generator=g)
+    mask = torch.ones_like(ids)
+    ids[0, :3], mask[0, :3] = tok.pad_token_id, 0  # left padding in one row
+    ids[1, :1], mask[1, :1] = tok.pad_token_id, 0
+    return ids, mask
+
+
+def _config(**kw):
+    base = {"gen_length": 16, "block_length": 4, "steps": 8, "mask_token_id": MASK}
+    return DiffusionGenerationConfig(**{**base, **kw})
+
+
+def _run(model, ids, mask, config, seed=0, **kw):
+    steps = []
+    out = generate(
+        model, ids, mask, config, generator=torch.Generator().manual_seed(seed), callback=steps.append, **kw
+    )
+    return out, steps
+
+
+# ------------------------------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("factory", [tiny_llada_model, tiny_dream_model])
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_cache_refreshed_every_step_equals_exact_sampler(tok, factory, cache, temperature):
+    model = factory(tok, num_layers=2)
+    ids, mask = _prompts(tok)
+    exact, exact_steps = _run(model, ids, mask, _config(temperature=temperature))
+    fast, fast_steps = _run(model, ids, mask, _config(temperature=temperature, cache=cache, cache_refresh_interval=1))
+    assert torch.equal(fast, exact)
+    assert len(fast_steps) == len(exact_steps) == 8
+    for a, b in zip(fast_steps, exact_steps, strict=True):
+        assert torch.equal(a.transfer_index, b.transfer_index)
+
+
+@pytest.mark.parametrize("factory", [tiny_llada_model, tiny_dream_model])
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_one_layer_cache_is_exact_without_refresh(tok, factory, cache):
+    # With one layer the keys/values of a column depend on that column's token and position only, and the columns
+    # whose keys/values are reused have not changed since the block's first step: the cache is then exact.
+    model = factory(tok, num_layers=1)
+    ids, mask = _prompts(tok, seed=1)
+    exact, _ = _run(model, ids, mask, _config())
+    fast, steps = _run(model, ids, mask, _config(cache=cache))
+    assert torch.equal(fast, exact)
+    assert len(steps) == 8
+
+
+def test_span_pass_reuses_recorded_columns(tok):
+    # Model level: a span pass attends over the recorded keys/values. Unchanged input -> the full pass's logits;
+    # changed block tokens with two layers -> the reused columns are stale, so the logits differ from a full pass.
+    model = tiny_llada_model(tok, num_layers=2)
+    ids, mask = _prompts(tok)
+    x = torch.cat([ids, torch.full((3, 8), MASK)], dim=1)
+    am = torch.cat([mask, torch.ones(3, 8, dtype=torch.long)], dim=1)
+    pos = (am.cumsum(-1) - 1).clamp_min(0)
+    cache = BlockKVCache()
+    with torch.no_grad():
+        cache.record()
+        full = model(input_ids=x, attention_mask=am, position_ids=pos, kv_cache=cache).logits
+        cache.span(7, 11)
+        same = model(input_ids=x[:, 7:11], attention_mask=am, position_ids=pos[:, 7:11], kv_cache=cache).logits
+        torch.testing.assert_close(same, full[:, 7:11], rtol=1e-5, atol=1e-5)
+        x2 = x.clone()
+        x2[:, 7:9] = 5
+        fresh = model(input_ids=x2, attention_mask=am, position_ids=pos).logits[:, 7:11]
+        cache.span(7, 11)
+        stale = model(input_ids=x2[:, 7:11], attention_mask=am, position_ids=pos[:, 7:11], kv_cache=cache).logits
+    assert not torch.allclose(stale, fresh, atol=1e-6)
+    assert cache.updates == 2
+
+
+# ------------------------------------------------------------------------------------------- approximate cache
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_cache_output_is_complete_and_runs_scheduled_steps(tok, cache):
+    model = tiny_llada_model(tok, num_layers=2)
+    ids, mask = _prompts(tok)
+    out, steps = _run(model, ids, mask, _config(cache=cache, temperature=0.7))
+    assert out.shape == (3, 7 + 16)
+    assert torch.equal(out[:, :7], ids)
+    assert not (out[:, 7:] == MASK).any()
+    assert [s.step for s in steps] == [0, 1] * 4
+    assert all(int(s.transfer_index.sum(-1).max()) == 2 for s in steps)  # the exact schedule: 4 tokens / 2 steps
+
+
+def test_cache_counts_span_forward_passes(tok, monkeypatch):
+    # Forward passes: one recording pass per block, span passes otherwise; the span covers the block (dual) or the
+    # block and everything after it (prefix).
+    model = tiny_llada_model(tok, num_layers=2)
+    ids, mask = _prompts(tok)
+    lengths = {"prefix": [], "dual": []}
+    original = model.forward
+
+    for cache in lengths:
+
+        def spy(*args, _cache=cache, **kwargs):
+            lengths[_cache].append(kwargs["input_ids"].shape[1])
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(model, "forward", spy)
+        _run(model, ids, mask, _config(cache=cache))
+    total = 7 + 16
+    assert lengths["dual"] == [total, 4] * 4
+    assert lengths["prefix"] == [n for b in range(4) for n in (total, total - 7 - 4 * b)]
+
+
+def test_model_without_cache_support_raises(tok):
+    model = tiny_standin_model(tok)
+    ids, mask = _prompts(tok)
+    with pytest.raises(ValueError, match="cache='none'"):
+        generate(model, ids, mask, _config(cache="dual"))
+
+
+# --------------------------------------------------------------------------------------- parallel decoding rule
+
+
+def _reference_select(confidence, num_masked, floor, threshold, factor):
+    """Plain loops: Fast-dLLM's threshold rule or factor rule (arXiv 2505.22618, Sec. 3.3), with a floor."""
+    out = torch.zeros_like(confidence, dtype=torch.bool)
+    for b in range(confidence.shape[0]):
+        values = sorted(((float(c), i) for i, c in enumerate(confidence[b]) if c != -math.inf), reverse=True)
+        n = 0
+        for rank, (c, _) in enumerate(values, start=1):
+            ok = c > threshold if threshold is not None else (rank + 1) * (1 - c) < factor
+            if not ok:
+                break
+            n = rank
+        n = min(max(n, floor), int(num_masked[b]))
+        for _, i in values[:n]:
+            out[b, i] = True
+    return out
+
+
+@pytest.mark.parametrize("rule", [{"threshold": 0.9, "factor": None}, {"threshold": None, "factor": 1.0}])
+@pytest.mark.parametrize("floor", [1, 2])
+def test_select_parallel_matches_plain_rule(rule, floor):
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        confidence = torch.rand(4, 8, generator=g, dtype=torch.float64) ** 0.2  # many high values
+        masked = torch.rand(4, 8, generator=g) < 0.7
+        masked[0] = False  # a finished row
+        confidence = torch.where(masked, confidence, torch.full_like(confidence, -math.inf))
+        got = select_parallel(confidence, masked.sum(-1), floor, **rule)
+        want = _reference_select(confidence, masked.sum(-1), floor, **rule)
+        assert torch.equal(got, want)
+        assert not (got & ~masked).any()
+
+
+def test_threshold_bounds_forward_passes(tok):
+    model = tiny_llada_model(tok, num_layers=2)
+    ids, mask = _prompts(tok)
+    # a tiny threshold passes every masked position: each block finishes in its first step
+    out, steps = _run(model, ids, mask, _config(threshold=1e-12))
+    assert len(steps) == 4 and not (out[:, 7:] == MASK).any()
+    # a threshold no untrained model reaches: the schedule's floor, i.e. the exact sampler's tokens and steps
+    exact, _ = _run(model, ids, mask, _config())
+    high, high_steps = _run(model, ids, mask, _config(threshold=0.999999))
+    assert torch.equal(high, exact) and len(high_steps) == 8
+    # early_stop="never" keeps the fixed forward count
+    _, never = _run(model, ids, mask, _config(threshold=1e-12, early_stop="never", cache="dual"))
+    assert len(never) == 8
+
+
+def test_agreed_stop_waits_for_other_ranks(tok, monkeypatch):
+    # Simulated 2-process group: the other rank still has masks for 2 more steps of every block, so this rank keeps
+    # stepping (with nothing left to unmask) instead of leaving the collective early.
+    calls = []
+
+    def fake_all_reduce(tensor, op):
+        calls.append(int(tensor.item()))
+        other = 1 if len(calls) % 3 != 0 else 0  # other rank: masked after steps 1 and 2, done after step 3
+        tensor.fill_(max(int(tensor.item()), other))
+
+    fake = SimpleNamespace(
+        is_available=lambda: True,
+        is_initialized=lambda: True,
+        get_world_size=lambda: 2,
+        all_reduce=fake_all_reduce,
+        ReduceOp=SimpleNamespace(MAX="max"),
+    )
+    monkeypatch.setattr(fast_sampling, "dist", fake)
+    model = tiny_llada_model(tok, num_layers=1)
+    ids, mask = _prompts(tok)
+    config = _config(gen_length=8, block_length=4, steps=8, threshold=1e-12)  # 4 steps per block
+    out, steps = _run(model, ids, mask, config)
+    assert [s.step for s in steps] == [0, 1, 2, 0, 1, 2]
+    assert calls == [0, 0, 0, 0, 0, 0]  # this rank was done after each block's first step
+    assert not (out[:, 7:] == MASK).any()
+    _, local = _run(model, ids, mask, DiffusionGenerationConfig(**{**vars(config), "early_stop": "local"}))
+    assert [s.step for s in local] == [0, 0]
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"cache": "full"}, "cache"),
+        ({"cache_refresh_interval": 2}, "only applies"),
+        ({"cache": "dual", "cache_refresh_interval": 0}, "positive integer"),
+        ({"threshold": 0.9, "factor": 1.0}, "not both"),
+        ({"threshold": 1.5}, r"\(0, 1\)"),
+        ({"factor": -1.0}, "positive"),
+        ({"threshold": 0.9, "remasking": "random"}, "low_confidence"),
+        ({"early_stop": "sometimes"}, "early_stop"),
+    ],
+)
+def test_invalid_speed_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _config(**kwargs)
+
+
+def test_defaults_are_exact():
+    config = DiffusionGenerationConfig()
+    assert config.cache == "none" and config.threshold is None and config.factor is None
+    assert not config.is_fast
+
+
+# ------------------------------------------------------------------------------------------ fast rollouts in RL
+
+
+class _RecordingTrainer:
+    """Mixin recording the old log-probs reaching the loss and the log-probs scored under gradient."""
+
+    def _compute_loss(self, model, inputs):
+        self.old.append(inputs["old_per_token_logps"].clone())  # (B, mu, C), rows as scored in this micro-batch
+        return super()._compute_loss(model, inputs)
+
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        output = super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+        if torch.is_grad_enabled():
+            self.scored.append(output[0].detach().clone())
+        return output
+
+
+@pytest.mark.parametrize("peft", [False, True])
+def test_diffu_grpo_trains_with_fast_rollouts(tmp_path, tok, peft):
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from trl_diffusion import DiffuGRPOConfig, DiffuGRPOTrainer
+
+    class Trainer(_RecordingTrainer, DiffuGRPOTrainer):
+        pass
+
+    args = DiffuGRPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
+        block_length=4, diffusion_steps=4, num_iterations=2, steps_per_generation=1, max_steps=2,
+        learning_rate=1e-2, bf16=False, report_to="none", save_strategy="no", disable_tqdm=True, seed=0,
+        rollout_cache="dual", rollout_threshold=0.9,
+    )  # fmt: skip
+    dataset = Dataset.from_dict({"prompt": [f"{i} plus {i + 1}" for i in range(8)]})
+
+    def reward(completions, **kwargs):
+        return [(sum(map(ord, c)) % 13) / 13 for c in completions]
+
+    model = tiny_llada_model(tok, num_layers=2)
+    spans = []
+    hook = model.register_forward_pre_hook(
+        lambda module, a, kw: spans.append("kv_cache" in kw and kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    trainer = Trainer(
+        model, reward, args=args, train_dataset=dataset, processing_class=tok,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear") if peft else None,
+    )  # fmt: skip
+    trainer.old, trainer.scored = [], []
+    config = trainer.diffusion_generation_config
+    assert (config.cache, config.threshold) == ("dual", 0.9)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    hook.remove()
+    unchanged = [n for n, p in trainer.model.named_parameters() if n in before and torch.equal(p, before[n])]
+    assert before and not unchanged
+    assert 4 in spans  # rollouts ran span passes over one block of 4 through the cache
+    # first inner iteration: weights untouched since generation, so current log-probs equal the old ones
+    assert torch.equal(trainer.scored[0], trainer.old[0][:, 0])
+
+
+def test_diffu_grpo_fast_rollouts_off_by_default(tmp_path):
+    from trl_diffusion import DiffuGRPOConfig
+
+    args = DiffuGRPOConfig(output_dir=str(tmp_path), report_to="none", bf16=False)
+    assert args.rollout_cache == "none" and args.rollout_threshold is None
+    with pytest.raises(ValueError, match="rollout_cache"):
+        DiffuGRPOConfig(output_dir=str(tmp_path), report_to="none", bf16=False, rollout_cache="full")
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_parallel_rows_finish_independently(tok, cache):
+    # Rows finish their blocks at different steps; the model then runs on the unfinished rows only. Each row's
+    # answer must equal the answer it gets alone (no padding, no other rows).
+    model = tiny_llada_model(tok, num_layers=2)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)  # peaked softmax: confidences spread over (0, 1)
+    ids, mask = _prompts(tok, seed=3)
+    config = _config(threshold=0.5, cache=cache, early_stop="local")
+    batch, steps = _run(model, ids, mask, config)
+    per_step = [s.transfer_index.sum(-1).tolist() for s in steps]
+    assert any(len(set(counts)) > 1 for counts in per_step)  # rows did unmask at different rates
+    for row in range(ids.shape[0]):
+        real = ids[row][mask[row].bool()].unsqueeze(0)
+        alone, _ = _run(model, real, None, config)
+        assert torch.equal(alone[0, real.shape[1] :], batch[row, ids.shape[1] :])
+
+
+# ------------------------------------------------------------------------------------------ eval and demo flags
+
+
+def test_eval_flags_reach_the_sampler():
+    from trl import TrlParser
+
+    from trl_diffusion.evaluation import EvalConfig
+
+    parser = TrlParser(dataclass_types=[EvalConfig])
+    (config,) = parser.parse_args_and_config(
+        args=["--model_name_or_path", "m", "--cache", "dual", "--threshold", "0.9"]
+    )
+    sampler = config.generation_config(256)
+    assert (sampler.cache, sampler.threshold, sampler.gen_length) == ("dual", 0.9, 256)
+    (default,) = parser.parse_args_and_config(args=["--model_name_or_path", "m"])
+    assert not default.generation_config(256).is_fast
+
+
+def test_demo_fast_rollouts_flag(monkeypatch):
+    import trl_diffusion.demo.pipeline as pipeline
+    from trl_diffusion.commands import demo
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_demo", lambda config: seen.append(config) or {})
+    demo.main(["--quick", "--no-progress", "--fast-rollouts", "--device", "cpu"])
+    demo.main(["--quick", "--no-progress", "--device", "cpu"])
+    assert [c.fast_rollouts for c in seen] == [True, False]
+
+
+@pytest.mark.slow
+def test_demo_runs_with_fast_rollouts(tmp_path):
+    from trl_diffusion.demo.config import DemoConfig
+    from trl_diffusion.demo.pipeline import run_demo
+
+    metrics = run_demo(
+        DemoConfig.quick(output_dir=str(tmp_path), device="cpu", fast_rollouts=True, show_progress=False)
+    )
+    assert metrics["settings"]["fast_rollouts"] is True
+    assert 0.0 <= metrics["stages"]["rl"]["accuracy"] <= 1.0
+
+
+def _agree_worker(rank, port, out_dir, early_stop):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        tok = build_tokenizer()
+        model = tiny_llada_model(tok, num_layers=2)
+        with torch.no_grad():
+            model.lm_head.weight.mul_(40)
+        ids, mask = _prompts(tok, seed=10 + rank)  # each rank decodes its own prompts
+        config = _config(threshold=0.5, cache="dual", early_stop=early_stop)
+        out, steps = _run(model, ids, mask, config)
+        assert not (out[:, 7:] == MASK).any()
+        with open(os.path.join(out_dir, f"{early_stop}-{rank}"), "w") as f:
+            f.write(str(len(steps)))
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_agree_on_the_forward_count(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    counts = {}
+    for early_stop in ("local", "agree"):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        mp.spawn(_agree_worker, args=(port, str(tmp_path), early_stop), nprocs=2, join=True)
+        counts[early_stop] = [int((tmp_path / f"{early_stop}-{rank}").read_text()) for rank in range(2)]
+    assert counts["local"][0] != counts["local"][1]  # the ranks' data finish their blocks at different steps
+    # agreed: every block runs until both ranks are done with it, so both make the same (per-block maximum) count
+    assert counts["agree"][0] == counts["agree"][1] >= max(counts["local"])

@@ -1,0 +1,175 @@
+"""Settings of the CPU demo (`trl-diffusion demo`)."""
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass
+class DemoConfig:
+    r"""
+    Settings of the end-to-end demo: a tiny masked diffusion model trained from scratch on the digit-sorting task
+    with masked SFT, then diffu-GRPO (d1, arXiv 2504.12216), evaluated on a fixed held-out set at three points.
+
+    The defaults are sized for a 2-core CPU (a ~0.6M-parameter model, a few hundred steps per stage; the run's
+    timings are written to `metrics.json`). Schedules are linear warmup then cosine decay; the RL settings keep
+    d1's prompt-masking probability and sample at a lower temperature than d1's 0.9 because the model is tiny.
+    RL learning rates above ~1e-4 were measured to first undo much of what SFT learned on this task.
+
+    Parameters:
+        output_dir (`str`, *optional*, defaults to `"demo_output"`):
+            Where `metrics.json`, `training.png` and the checkpoints (`checkpoints/{init,sft,rl}`) are written.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the model initialisation, the training data streams and the trainers. The held-out set does not
+            depend on it.
+        device (`str`, *optional*, defaults to `"auto"`):
+            `"auto"` (CUDA when available, else CPU), `"cpu"` or `"cuda"`.
+        hidden_size (`int`, *optional*, defaults to `128`):
+            Model width.
+        num_layers (`int`, *optional*, defaults to `3`):
+            Transformer blocks.
+        num_heads (`int`, *optional*, defaults to `4`):
+            Attention heads.
+        intermediate_size (`int`, *optional*, defaults to `512`):
+            SwiGLU hidden size.
+        num_held_out (`int`, *optional*, defaults to `500`):
+            Held-out prompts (at least 200 for the default demo).
+        eval_every (`int`, *optional*, defaults to `50`):
+            Evaluate the held-out set every this many steps during both stages (for the curves); `0` disables it.
+        sft_steps (`int`, *optional*, defaults to `250`):
+            Masked-SFT optimisation steps, each on fresh examples.
+        sft_batch_size (`int`, *optional*, defaults to `64`):
+            Examples per SFT step.
+        sft_learning_rate (`float`, *optional*, defaults to `1e-3`):
+            Peak SFT learning rate (AdamW), after `sft_warmup_steps` of linear warmup.
+        sft_min_learning_rate (`float`, *optional*, defaults to `1e-4`):
+            Final SFT learning rate of the cosine decay.
+        sft_warmup_steps (`int`, *optional*, defaults to `20`):
+            SFT warmup steps.
+        rl_steps (`int`, *optional*, defaults to `250`):
+            diffu-GRPO optimisation steps.
+        rl_prompts_per_step (`int`, *optional*, defaults to `32`):
+            Prompts per RL step (each gets `num_generations` completions).
+        num_generations (`int`, *optional*, defaults to `8`):
+            Group size G of GRPO.
+        temperature (`float`, *optional*, defaults to `0.7`):
+            Sampling temperature of RL rollouts (held-out evaluation is greedy).
+        num_iterations (`int`, *optional*, defaults to `2`):
+            Inner iterations mu per generation batch, each with its own prompt mask.
+        epsilon (`float`, *optional*, defaults to `0.2`):
+            PPO clipping range.
+        beta (`float`, *optional*, defaults to `0.0`):
+            KL coefficient against the SFT model (d1 uses 0.04).
+        scale_rewards (`str`, *optional*, defaults to `"group"`):
+            Advantage scaling of TRL's GRPO: `"group"` divides `reward - group mean` by the group's standard
+            deviation, `"none"` keeps `reward - group mean` (d1).
+        p_mask_prompt (`float`, *optional*, defaults to `0.15`):
+            Probability of masking each prompt token in the log-prob estimate (d1).
+        rl_learning_rate (`float`, *optional*, defaults to `3e-4`):
+            Peak RL learning rate (AdamW).
+        rl_min_learning_rate (`float`, *optional*, defaults to `3e-5`):
+            Final RL learning rate of the cosine decay.
+        rl_warmup_steps (`int`, *optional*, defaults to `30`):
+            RL warmup steps.
+        logging_steps (`int`, *optional*, defaults to `5`):
+            Trainer logging period in steps (SFT loss and RL rollout reward in the curves).
+        show_progress (`bool`, *optional*, defaults to `True`):
+            Progress bars and the summary table in the terminal.
+        fast_rollouts (`bool`, *optional*, defaults to `False`):
+            Generate the RL rollouts with Fast-dLLM's confidence-aware parallel decoding, threshold 0.9
+            (`DiffuGRPOConfig.rollout_threshold`); held-out evaluation stays exact. The approximate key/value cache
+            is left off: with the demo's answer decoded as one block right after a 9-token prompt, the stale prompt
+            keys/values cost the trained demo model 38 points of held-out accuracy (9.8 when re-recorded every 2
+            steps), while the threshold alone lost none (`benchmarks/bench_rollouts.py --demo-checkpoint ...`).
+    """
+
+    output_dir: str = field(default="demo_output", metadata={"help": "Output directory."})
+    seed: int = field(default=0, metadata={"help": "Seed of model init, training data and trainers."})
+    device: str = field(default="auto", metadata={"help": "`auto`, `cpu` or `cuda`."})
+    hidden_size: int = field(default=128, metadata={"help": "Model width."})
+    num_layers: int = field(default=3, metadata={"help": "Transformer blocks."})
+    num_heads: int = field(default=4, metadata={"help": "Attention heads."})
+    intermediate_size: int = field(default=512, metadata={"help": "SwiGLU hidden size."})
+    num_held_out: int = field(default=500, metadata={"help": "Held-out evaluation prompts."})
+    eval_every: int = field(default=50, metadata={"help": "Held-out evaluation period in steps (0: off)."})
+    sft_steps: int = field(default=250, metadata={"help": "Masked-SFT steps."})
+    sft_batch_size: int = field(default=64, metadata={"help": "Examples per SFT step."})
+    sft_learning_rate: float = field(default=1e-3, metadata={"help": "Peak SFT learning rate."})
+    sft_min_learning_rate: float = field(default=1e-4, metadata={"help": "Final SFT learning rate."})
+    sft_warmup_steps: int = field(default=20, metadata={"help": "SFT warmup steps."})
+    rl_steps: int = field(default=250, metadata={"help": "diffu-GRPO steps."})
+    rl_prompts_per_step: int = field(default=32, metadata={"help": "Prompts per RL step."})
+    num_generations: int = field(default=8, metadata={"help": "Completions per prompt (GRPO group size)."})
+    temperature: float = field(default=0.7, metadata={"help": "Rollout sampling temperature."})
+    num_iterations: int = field(default=2, metadata={"help": "Inner iterations per generation batch (mu)."})
+    epsilon: float = field(default=0.2, metadata={"help": "PPO clipping range."})
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient against the SFT model."})
+    scale_rewards: str = field(default="group", metadata={"help": "Advantage scaling: `group` or `none` (d1)."})
+    p_mask_prompt: float = field(default=0.15, metadata={"help": "Prompt-token masking probability (d1)."})
+    rl_learning_rate: float = field(default=3e-4, metadata={"help": "Peak RL learning rate."})
+    rl_min_learning_rate: float = field(default=3e-5, metadata={"help": "Final RL learning rate."})
+    rl_warmup_steps: int = field(default=30, metadata={"help": "RL warmup steps."})
+    logging_steps: int = field(default=5, metadata={"help": "Trainer logging period in steps."})
+    show_progress: bool = field(default=True, metadata={"help": "Progress bars and summary table."})
+    fast_rollouts: bool = field(
+        default=False, metadata={"help": "Confidence-threshold (0.9) parallel decoding in RL rollouts."}
+    )
+
+    def __post_init__(self):
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(  # (a GPU is selected with CUDA_VISIBLE_DEVICES)
+                f"`device` must be 'auto', 'cpu' or 'cuda', got {self.device!r}."
+            )
+        positive = (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "num_held_out",
+            "sft_steps",
+            "sft_batch_size",
+            "rl_steps",
+            "rl_prompts_per_step",
+            "num_iterations",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_heads` ({self.num_heads})."
+            )
+        if self.num_generations < 2:
+            raise ValueError(
+                f"`num_generations` must be at least 2 (GRPO compares a group), got {self.num_generations}."
+            )
+        if self.eval_every < 0:
+            raise ValueError(f"`eval_every` must be non-negative (0 disables it), got {self.eval_every}.")
+        if self.temperature <= 0:
+            raise ValueError(f"`temperature` must be positive for RL rollouts, got {self.temperature}.")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(f"`scale_rewards` must be 'group', 'batch' or 'none', got {self.scale_rewards!r}.")
+        if not 0.0 <= self.p_mask_prompt < 1.0:
+            raise ValueError(f"`p_mask_prompt` must be in [0, 1), got {self.p_mask_prompt}.")
+
+    @classmethod
+    def quick(cls, **overrides) -> "DemoConfig":
+        """A few steps per stage on a smaller model: checks the wiring in seconds (used by tests), learns little."""
+        settings = {
+            "hidden_size": 32,
+            "num_layers": 1,
+            "num_heads": 2,
+            "intermediate_size": 64,
+            "eval_every": 2,
+            "logging_steps": 1,
+            "sft_steps": 4,
+            "sft_batch_size": 16,
+            "sft_warmup_steps": 1,
+            "rl_steps": 4,
+            "rl_prompts_per_step": 4,
+            "num_generations": 4,
+            "rl_warmup_steps": 1,
+        }
+        settings.update(overrides)
+        return cls(**settings)
+
+    def replace(self, **changes) -> "DemoConfig":
+        return replace(self, **changes)

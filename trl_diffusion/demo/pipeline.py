@@ -1,0 +1,329 @@
+"""The demo pipeline: untrained eval -> masked SFT -> eval -> diffu-GRPO -> eval, with curves and a report.
+
+Everything is offline: the character tokenizer and a tiny LLaDA-architecture model come from
+[`trl_diffusion.testing`], the digit-sorting task from [`trl_diffusion.demo.task`]. Training uses the package's
+[`MaskedSFTTrainer`] and [`DiffuGRPOTrainer`]; evaluation uses the package's sampler.
+"""
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict
+
+import torch
+from transformers import AutoModelForCausalLM, ProgressCallback, TrainerCallback
+
+from trl_diffusion.demo.config import DemoConfig
+from trl_diffusion.demo.evaluation import evaluate
+from trl_diffusion.demo.plotting import plot_training
+from trl_diffusion.demo.task import (
+    ANSWER_LENGTH,
+    HELD_OUT_SEED,
+    held_out_prompts,
+    rl_dataset,
+    sft_dataset,
+    sorting_reward,
+)
+from trl_diffusion.sampling import DiffusionGenerationConfig
+from trl_diffusion.testing import build_tokenizer, tiny_llada_model
+
+
+STAGES = ("untrained", "sft", "rl")
+STAGE_NAMES = {"untrained": "untrained", "sft": "after masked SFT", "rl": "after diffu-GRPO"}
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> `cuda` when a GPU is visible, else `cpu`; anything else is checked and returned."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`--device {device}` was requested but no CUDA device is visible; use `--device cpu`.")
+    return device
+
+
+class HeldOutCallback(TrainerCallback):
+    """Evaluate the held-out set every `every` optimisation steps; records land in `records` (for the curves)."""
+
+    def __init__(self, evaluate_fn, every: int, step_offset: int, stage: str, progress=None):
+        self.evaluate_fn = evaluate_fn
+        self.every = every
+        self.step_offset = step_offset
+        self.stage = stage
+        self.progress = progress
+        self.records: list[dict] = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
+            result = self.evaluate_fn(model)
+            self.records.append(
+                {
+                    "stage": self.stage,
+                    "step": self.step_offset + state.global_step,
+                    "accuracy": result["accuracy"],
+                    "mean_reward": result["mean_reward"],
+                }
+            )
+            if self.progress is not None:
+                self.progress.held_out_accuracy = result["accuracy"]
+
+
+class StageProgressCallback(ProgressCallback):
+    """transformers' progress bar with a stage label and a short postfix instead of printed log dictionaries."""
+
+    POSTFIX_KEYS = {"loss": "loss", "reward": "reward"}
+
+    def __init__(self, description: str):
+        super().__init__()
+        self.description = description
+        self.held_out_accuracy = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(self.description)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.training_bar is None or not logs:
+            return
+        postfix = {short: f"{logs[key]:.3g}" for key, short in self.POSTFIX_KEYS.items() if key in logs}
+        if self.held_out_accuracy is not None:
+            postfix["held-out acc"] = f"{100 * self.held_out_accuracy:.1f}%"
+        if postfix:
+            self.training_bar.set_postfix(postfix)
+
+
+def _attach_callbacks(trainer, config: DemoConfig, evaluate_fn, stage: str, step_offset: int, description: str):
+    trainer.remove_callback(ProgressCallback)
+    progress = None
+    if config.show_progress:
+        progress = StageProgressCallback(description)
+        trainer.add_callback(progress)
+    held_out = HeldOutCallback(evaluate_fn, config.eval_every, step_offset, stage, progress)
+    trainer.add_callback(held_out)
+    return held_out
+
+
+def _common_args(config: DemoConfig, device: str, steps: int, learning_rate: float, min_lr: float, warmup: int):
+    return {
+        "max_steps": steps,
+        "learning_rate": learning_rate,
+        "lr_scheduler_type": "cosine_with_min_lr",
+        "lr_scheduler_kwargs": {"min_lr": min_lr},
+        "warmup_steps": warmup,
+        "max_grad_norm": 1.0,
+        # TRL's configs default to bf16 mixed precision; the tiny model trains in float32 (fast on CPU, and the
+        # in-memory model then computes exactly what its saved checkpoint computes).
+        "bf16": False,
+        "weight_decay": 0.0,
+        "logging_steps": config.logging_steps,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": config.seed,
+        "use_cpu": device == "cpu",
+        "disable_tqdm": not config.show_progress,
+        "dataloader_num_workers": 0,
+    }
+
+
+def train_sft(config, model, tokenizer, dataset, output_dir, device, evaluate_fn):
+    """Stage 1: masked SFT (LLaDA, arXiv 2502.09992) with [`MaskedSFTTrainer`]."""
+    from trl_diffusion import MaskedSFTConfig, MaskedSFTTrainer
+
+    args = MaskedSFTConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=config.sft_batch_size,
+        max_completion_length=ANSWER_LENGTH,
+        mask_token_id=tokenizer.mask_token_id,
+        **_common_args(
+            config,
+            device,
+            config.sft_steps,
+            config.sft_learning_rate,
+            config.sft_min_learning_rate,
+            config.sft_warmup_steps,
+        ),
+    )
+    trainer = MaskedSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    held_out = _attach_callbacks(trainer, config, evaluate_fn, "sft", 0, "masked SFT")
+    trainer.train()
+    return trainer, held_out.records
+
+
+def train_rl(config, model, tokenizer, dataset, output_dir, device, evaluate_fn):
+    """Stage 2: diffu-GRPO (d1, arXiv 2504.12216) with [`DiffuGRPOTrainer`] and the rule-based reward."""
+    from trl_diffusion import DiffuGRPOConfig, DiffuGRPOTrainer
+
+    args = DiffuGRPOConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=config.rl_prompts_per_step * config.num_generations,
+        num_generations=config.num_generations,
+        max_completion_length=ANSWER_LENGTH,
+        block_length=ANSWER_LENGTH,
+        diffusion_steps=ANSWER_LENGTH,
+        temperature=config.temperature,
+        num_iterations=config.num_iterations,
+        epsilon=config.epsilon,
+        beta=config.beta,
+        scale_rewards=config.scale_rewards,
+        p_mask_prompt=config.p_mask_prompt,
+        mask_token_id=tokenizer.mask_token_id,
+        # confidence-aware parallel decoding only: on this task the approximate KV cache costs accuracy (see
+        # DemoConfig.fast_rollouts and benchmarks/bench_rollouts.py)
+        rollout_threshold=0.9 if config.fast_rollouts else None,
+        **_common_args(
+            config,
+            device,
+            config.rl_steps,
+            config.rl_learning_rate,
+            config.rl_min_learning_rate,
+            config.rl_warmup_steps,
+        ),
+    )
+    trainer = DiffuGRPOTrainer(
+        model=model, reward_funcs=sorting_reward, args=args, train_dataset=dataset, processing_class=tokenizer
+    )
+    held_out = _attach_callbacks(trainer, config, evaluate_fn, "rl", config.sft_steps, "diffu-GRPO")
+    trainer.train()
+    return trainer, held_out.records
+
+
+def _save(model, tokenizer, path: str) -> str:
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _log_curve(log_history: list[dict], key: str, step_offset: int, name: str) -> list[dict]:
+    return [{"step": step_offset + entry["step"], name: entry[key]} for entry in log_history if key in entry]
+
+
+def format_summary(metrics: dict) -> str:
+    """The terminal table: held-out accuracy, mean reward and wall time per stage."""
+    rows = [("stage", "held-out exact match", "mean reward", "time")]
+    for stage in STAGES:
+        result = metrics["stages"][stage]
+        rows.append(
+            (
+                STAGE_NAMES[stage],
+                f"{100 * result['accuracy']:.1f}%",
+                f"{result['mean_reward']:.3f}",
+                f"{metrics['timings_s'][stage]:.1f}s",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+        for row in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    held_out = metrics["task"]["num_held_out"]
+    lines.append(f"({held_out} held-out prompts, greedy decoding; total {metrics['timings_s']['total']:.1f}s)")
+    return "\n".join(lines)
+
+
+def run_demo(config: DemoConfig | None = None) -> dict:
+    """Run the whole pipeline, write `metrics.json`, `training.png` and checkpoints, and return the metrics."""
+    config = config if config is not None else DemoConfig()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    device = resolve_device(config.device)
+    os.makedirs(config.output_dir, exist_ok=True)
+    checkpoints = os.path.join(config.output_dir, "checkpoints")
+
+    tokenizer = build_tokenizer()
+    held_out = held_out_prompts(config.num_held_out)
+    sft_data = sft_dataset(config.sft_steps * config.sft_batch_size, config.seed, held_out)
+    rl_data = rl_dataset(config.rl_steps * config.rl_prompts_per_step, config.seed, held_out)
+
+    # A tiny model from scratch, saved first: TRL rebuilds reference models from `config._name_or_path`.
+    init_model = tiny_llada_model(
+        tokenizer,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        num_kv_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        seed=config.seed,
+    )
+    init_dir = _save(init_model, tokenizer, os.path.join(checkpoints, "init"))
+    model = AutoModelForCausalLM.from_pretrained(init_dir).to(device)
+    num_parameters = sum(p.numel() for p in model.parameters())
+
+    # Greedy, one token per step over the whole answer (one block): LLaDA's low-confidence remasking.
+    generation_config = DiffusionGenerationConfig(
+        gen_length=ANSWER_LENGTH,
+        block_length=ANSWER_LENGTH,
+        steps=ANSWER_LENGTH,
+        temperature=0.0,
+        mask_token_id=tokenizer.mask_token_id,
+    )
+
+    def evaluate_fn(model_):
+        return evaluate(model_, tokenizer, held_out, generation_config)
+
+    stages, timings = {}, {}
+    stage_start = time.perf_counter()
+    stages["untrained"] = evaluate_fn(model)
+    timings["untrained"] = time.perf_counter() - stage_start
+    curves = {"held_out": [{"stage": "untrained", "step": 0, **_point(stages["untrained"])}]}
+
+    stage_start = time.perf_counter()
+    sft_dir = os.path.join(checkpoints, "sft")
+    sft_trainer, sft_records = train_sft(config, model, tokenizer, sft_data, sft_dir, device, evaluate_fn)
+    _save(sft_trainer.model, tokenizer, sft_dir)
+    stages["sft"] = evaluate_fn(sft_trainer.model)
+    timings["sft"] = time.perf_counter() - stage_start
+    curves["held_out"] += sft_records + [{"stage": "sft", "step": config.sft_steps, **_point(stages["sft"])}]
+    curves["sft_loss"] = _log_curve(sft_trainer.state.log_history, "loss", 0, "loss")
+    del sft_trainer, model
+
+    stage_start = time.perf_counter()
+    rl_dir = os.path.join(checkpoints, "rl")
+    model = AutoModelForCausalLM.from_pretrained(sft_dir).to(device)
+    rl_trainer, rl_records = train_rl(config, model, tokenizer, rl_data, rl_dir, device, evaluate_fn)
+    _save(rl_trainer.model, tokenizer, rl_dir)
+    stages["rl"] = evaluate_fn(rl_trainer.model)
+    timings["rl"] = time.perf_counter() - stage_start
+    total_steps = config.sft_steps + config.rl_steps
+    curves["held_out"] += rl_records + [{"stage": "rl", "step": total_steps, **_point(stages["rl"])}]
+    curves["rl_reward"] = _log_curve(rl_trainer.state.log_history, "reward", config.sft_steps, "reward")
+    timings["total"] = time.perf_counter() - start
+    timings["process_cpu"] = time.process_time() - cpu_start  # CPU seconds of all threads (contention-independent)
+
+    metrics = {
+        "seed": config.seed,
+        "device": device,
+        "settings": asdict(config),
+        "task": {
+            "name": "sort-digits",
+            "num_held_out": len(held_out),
+            "held_out_seed": HELD_OUT_SEED,
+            "answer_length": ANSWER_LENGTH,
+            "num_sft_examples": len(sft_data),
+            "num_rl_prompts": len(rl_data),
+            "metric": "exact match of the greedy answer (up to its first EOS)",
+            "reward": "fraction of answer positions right + 1.0 for an exact match (max 2)",
+        },
+        "model": {"architecture": type(rl_trainer.model).__name__, "num_parameters": num_parameters},
+        "stages": stages,
+        "gains": {
+            "sft_minus_untrained": stages["sft"]["accuracy"] - stages["untrained"]["accuracy"],
+            "rl_minus_sft": stages["rl"]["accuracy"] - stages["sft"]["accuracy"],
+        },
+        "timings_s": timings,
+        "curves": curves,
+        "checkpoints": {"init": init_dir, "sft": sft_dir, "rl": rl_dir},
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "num_threads": torch.get_num_threads(),
+        },
+    }
+    metrics["plot"] = plot_training(curves, config.sft_steps, os.path.join(config.output_dir, "training.png"))
+    with open(os.path.join(config.output_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    return metrics
+
+
+def _point(result: dict) -> dict:
+    return {"accuracy": result["accuracy"], "mean_reward": result["mean_reward"]}
