@@ -29,7 +29,7 @@ init_path = save_tiny_model(
     intermediate_size=512, seed=SEED,
 )  # fmt: skip
 held_out = held_out_prompts()  # 500 fixed prompts; the training streams below reject every one of them
-train_sft = sft_dataset(250 * 64, SEED, held_out)  # columns: prompt, completion
+train_sft = sft_dataset(150 * 64, SEED, held_out)  # columns: prompt, completion
 train_rl = rl_dataset(250 * 32, SEED, held_out)  # column: prompt (the reward re-derives the answer)
 
 # Greedy decoding of the whole answer in one block, one token per step (LLaDA's low-confidence remasking).
@@ -57,7 +57,7 @@ schedule = {
     "seed": SEED,
 }
 sft_args = MaskedSFTConfig(
-    output_dir=f"{OUT}/sft", max_steps=250, per_device_train_batch_size=64, learning_rate=1e-3, warmup_steps=20,
+    output_dir=f"{OUT}/sft", max_steps=150, per_device_train_batch_size=64, learning_rate=1e-3, warmup_steps=20,
     lr_scheduler_kwargs={"min_lr": 1e-4}, max_completion_length=ANSWER_LENGTH,
     mask_token_id=tokenizer.mask_token_id, **schedule,
 )  # fmt: skip

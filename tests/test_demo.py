@@ -52,7 +52,7 @@ def test_held_out_prompts_never_in_training_data(seed):
     held_out = held_out_prompts(config.num_held_out)
     sft = sft_dataset(config.sft_steps * config.sft_batch_size, seed, held_out)
     rl = rl_dataset(config.rl_steps * config.rl_prompts_per_step, seed, held_out)
-    assert len(sft) == 16_000 and len(rl) == 8_000
+    assert len(sft) == 9_600 and len(rl) == 8_000
     assert not set(held_out) & set(sft["prompt"])
     assert not set(held_out) & set(rl["prompt"])
 

@@ -34,7 +34,7 @@ class DemoConfig:
             Held-out prompts (at least 200 for the default demo).
         eval_every (`int`, *optional*, defaults to `50`):
             Evaluate the held-out set every this many steps during both stages (for the curves); `0` disables it.
-        sft_steps (`int`, *optional*, defaults to `250`):
+        sft_steps (`int`, *optional*, defaults to `150`):
             Masked-SFT optimisation steps, each on fresh examples.
         sft_batch_size (`int`, *optional*, defaults to `64`):
             Examples per SFT step.
@@ -90,7 +90,7 @@ class DemoConfig:
     intermediate_size: int = field(default=512, metadata={"help": "SwiGLU hidden size."})
     num_held_out: int = field(default=500, metadata={"help": "Held-out evaluation prompts."})
     eval_every: int = field(default=50, metadata={"help": "Held-out evaluation period in steps (0: off)."})
-    sft_steps: int = field(default=250, metadata={"help": "Masked-SFT steps."})
+    sft_steps: int = field(default=150, metadata={"help": "Masked-SFT steps."})
     sft_batch_size: int = field(default=64, metadata={"help": "Examples per SFT step."})
     sft_learning_rate: float = field(default=1e-3, metadata={"help": "Peak SFT learning rate."})
     sft_min_learning_rate: float = field(default=1e-4, metadata={"help": "Final SFT learning rate."})
