@@ -19,6 +19,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from trl_diffusion.models.bidirectional import position_ids_from_mask
+
 
 _MASK64 = (1 << 64) - 1
 
@@ -168,7 +170,7 @@ def one_step_per_token_logps(
     # The attention mask is always passed (even without padding) so that the same computation path runs whatever
     # the padding of the batch a row lands in.
     attention_mask = torch.cat([torch.zeros_like(filler), prompt_mask.long(), torch.ones_like(slots)], dim=1)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # counts real tokens only
+    position_ids = position_ids_from_mask(attention_mask, *attention_mask.shape, device)  # counts real tokens only
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
 
     start = extra + prompt_length - (1 if logit_shift else 0)

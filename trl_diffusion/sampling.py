@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from trl_diffusion.models.bidirectional import position_ids_from_mask
 from trl_diffusion.models.spec import get_model_spec, require_mask_token_id
 
 
@@ -508,12 +509,10 @@ def generate(
     total_length = prompt_length + config.gen_length
     x = torch.full((batch_size, total_length), mask_token_id, dtype=torch.long, device=device)  # (B, L)
     x[:, :prompt_length] = input_ids
+    full_mask = None
     if attention_mask is not None:
         full_mask = torch.cat([attention_mask, attention_mask.new_ones(batch_size, config.gen_length)], dim=1)
-        position_ids = (full_mask.cumsum(-1) - 1).clamp_min(0)  # (B, L): real tokens count from 0
-    else:
-        full_mask = None
-        position_ids = torch.arange(total_length, device=device).unsqueeze(0).expand(batch_size, -1)
+    position_ids = position_ids_from_mask(full_mask, batch_size, total_length, device)  # (B, L): real tokens only
     forward = _MaskedForward(model, full_mask, position_ids, shift)
 
     if config.cfg_scale > 0:
