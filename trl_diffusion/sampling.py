@@ -279,14 +279,16 @@ class SamplerStep:
     num_transfer: int
 
 
+def _unwrapped(model):
+    """The model PEFT wraps (its LoRA layers live inside it), or `model` itself."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
+
+
 def _forward_parameters(model) -> set[str]:
     """Names of the explicit parameters of `model.forward` (looking through PEFT wrappers)."""
-    target = model
-    get_base_model = getattr(model, "get_base_model", None)
-    if callable(get_base_model):
-        target = get_base_model()
     try:
-        parameters = inspect.signature(target.forward).parameters
+        parameters = inspect.signature(_unwrapped(model).forward).parameters
     except (TypeError, ValueError):
         return set()
     return {name for name, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
@@ -305,23 +307,46 @@ class _MaskedForward:
     """
     Runs the model and returns the logits that predict given columns of `x` (the masks left in the current block).
 
-    With `logit_shift` the prediction for column `i` is read at `i - 1` (Dream). When the model's forward takes
-    `logits_to_keep` (transformers semantics: a `(B, n)` tensor of positions, see
-    `transformers.modeling_utils.slice_logits_to_keep`) only those rows go through the LM head; otherwise they are
-    gathered from the full logits.
+    With `logit_shift` the prediction for column `i` is read at `i - 1` (Dream). The native models (their
+    `diffusion_logits`) write these logits into a buffer kept for the whole [`generate`] call, one per `slot`
+    (conditional and unconditional pass); the buffer is overwritten at the next call, which is safe because
+    `_propose` consumes the logits of a step before the next one. Other models are called as
+    `model(...).logits`: when their forward takes `logits_to_keep` (transformers semantics: a `(B, n)` tensor of
+    positions, see `transformers.modeling_utils.slice_logits_to_keep`) only those rows go through the LM head;
+    otherwise they are gathered from the full logits.
     """
 
-    def __init__(self, model, attention_mask, position_ids, shift: int):
+    def __init__(self, model, attention_mask, position_ids, shift: int, max_rows: int):
+        from trl_diffusion.models.generation import DiffusionGenerateMixin
+
         self.model = model
         self.attention_mask = attention_mask  # (B, L) or None when there is no padding
         self.position_ids = position_ids  # (B, L)
         self.shift = shift
+        target = _unwrapped(model)
+        self.native = target if isinstance(target, DiffusionGenerateMixin) else None
+        self.max_rows = max_rows  # B * block_length: the most logit rows one call returns
+        self.buffers: dict[int, torch.Tensor] = {}
         parameters = _forward_parameters(model)
         self.keep = "logits_to_keep" in parameters
         self.extra = {"use_cache": False} if "use_cache" in parameters else {}
 
-    def __call__(self, x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    def _buffer(self, slot: int) -> torch.Tensor | None:
+        if slot not in self.buffers:
+            weight = getattr(self.native.get_output_embeddings(), "weight", None)
+            if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+                return None
+            self.buffers[slot] = torch.empty(
+                self.max_rows * weight.shape[0], dtype=weight.dtype, device=self.position_ids.device
+            )  # (B * block_length * V,), reused by every step
+        return self.buffers[slot]
+
+    def __call__(self, x: torch.Tensor, columns: torch.Tensor, slot: int = 0) -> torch.Tensor:
         read = columns - self.shift  # (B, n)
+        if self.native is not None:
+            return self.native.diffusion_logits(
+                x, self.attention_mask, self.position_ids, positions=read, out=self._buffer(slot)
+            )  # (B, n, V)
         kwargs = dict(self.extra)
         if self.keep:
             kwargs["logits_to_keep"] = read
@@ -337,6 +362,40 @@ class _MaskedForward:
             + (f" and logits_to_keep of shape {tuple(read.shape)}" if self.keep else "")
             + "; the sampler needs (B, L, V) logits, or (B, n, V) for a (B, n) `logits_to_keep` of positions."
         )
+
+
+_ARGMAX_SEGMENT = 128
+
+
+def max_and_argmax(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    `values.max(dim=-1)` (maximum and index of its first occurrence) over the last dimension, computed in segments.
+
+    On CPU, `max(dim)` with indices is a scalar loop about 4x slower than the vectorised `amax`, and at LLaDA's
+    vocabulary (126,464) it costs a quarter of a tiny model's forward pass. Here: `amax` of every segment of
+    `_ARGMAX_SEGMENT` entries `(..., V // S)`, the maximum of those, the first segment that holds it, and the
+    first entry equal to it inside that segment. Entries equal to the maximum compare equal whatever the segment,
+    so the index is exactly the first occurrence, as with `max(dim)`. Rows holding NaN go through `max(dim)`.
+    """
+    vocab = values.shape[-1]
+    rows = values.reshape(-1, vocab)  # (R, V); a view for the contiguous logits the sampler passes
+    segments = vocab // _ARGMAX_SEGMENT
+    if segments < 2 or rows.stride(-1) != 1 or rows.stride(0) != vocab:
+        return values.max(dim=-1)
+    width = segments * _ARGMAX_SEGMENT
+    segment_max = rows.as_strided((rows.shape[0], segments, _ARGMAX_SEGMENT), (vocab, _ARGMAX_SEGMENT, 1)).amax(-1)
+    top = segment_max.amax(-1)  # (R,)
+    if width < vocab:
+        top = torch.maximum(top, rows[:, width:].amax(-1))
+    if bool(top.isnan().any()):
+        return values.max(dim=-1)
+    holds = segment_max == top.unsqueeze(-1)  # (R, segments)
+    # first segment holding the maximum; the tail (from `width` on) when none does
+    start = torch.where(holds.any(-1), holds.byte().argmax(-1) * _ARGMAX_SEGMENT, width)  # (R,)
+    window = (start.unsqueeze(-1) + torch.arange(_ARGMAX_SEGMENT, device=values.device)).clamp_(max=vocab - 1)
+    # clamped duplicates of the last entry come after it, so the first match is unchanged
+    offset = (rows.gather(1, window) == top.unsqueeze(-1)).byte().argmax(-1)  # (R,)
+    return top.view(values.shape[:-1]), (start + offset).view(values.shape[:-1])
 
 
 def _uniform(shape, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -360,13 +419,14 @@ def _propose(
 
     `[MASK]` itself is never proposed (the reference would write it back and leave masks in the answer). The
     `low_confidence` confidence is the softmax probability of the proposal under the un-noised logits, as in the
-    reference, computed as `exp(l[x0] - max) / sum(exp(l - max))` with float32 exponentials and sum (cascade
-    summation, ~1e-7 relative) instead of a float64 softmax over the vocabulary, which costs about 4x more.
+    reference, computed by torch's fused float32 softmax written over the logits (~1e-7 relative) instead of a
+    float64 softmax over the vocabulary, which costs about 4x more. The maximum and its first index come from
+    [`max_and_argmax`].
     """
     device = logits.device
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # (B, n, V); overwritten below, like the model's output
-    top, x0 = logits.max(dim=-1)  # (B, n)
+    x0 = max_and_argmax(logits)[1]  # (B, n): the first index of the maximum, as `argmax`
     if config.temperature > 0:
         gumbel = _uniform(logits.shape, generator, device)  # (B, n, V) float64 u
         gumbel.log_().neg_().log_().mul_(-config.temperature).add_(logits)  # logits - T * log(-log u)
@@ -380,10 +440,9 @@ def _propose(
             masked[..., mask_token_id] = -math.inf
             x0 = torch.where(proposes_mask, masked.argmax(dim=-1), x0)
     if config.remasking == "low_confidence":
-        chosen = logits.gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (B, n)
         # in place: the logits are not needed any more, and a fresh (B, n, V) buffer costs more than the arithmetic
-        total = logits.sub_(top.unsqueeze(-1)).exp_().sum(dim=-1)  # (B, n), >= 1
-        confidence = torch.exp((chosen - top).to(torch.float64)) / total.to(torch.float64)
+        probabilities = torch.softmax(logits, dim=-1, out=logits)  # (B, n, V)
+        confidence = probabilities.gather(-1, x0.unsqueeze(-1)).squeeze(-1).to(torch.float64)  # (B, n)
     else:
         confidence = _uniform(x0.shape, generator, device)  # (B, n)
     return x0, confidence
@@ -513,7 +572,7 @@ def generate(
     if attention_mask is not None:
         full_mask = torch.cat([attention_mask, attention_mask.new_ones(batch_size, config.gen_length)], dim=1)
     position_ids = position_ids_from_mask(full_mask, batch_size, total_length, device)  # (B, L): real tokens only
-    forward = _MaskedForward(model, full_mask, position_ids, shift)
+    forward = _MaskedForward(model, full_mask, position_ids, shift, max_rows=batch_size * config.block_length)
 
     if config.cfg_scale > 0:
         # unconditional input (LLaDA Eq. 16): every real prompt token replaced by [MASK]
@@ -550,7 +609,7 @@ def generate(
                 columns = masked_columns + start  # (B, n) absolute
                 logits = forward(x, columns)  # (B, n, V)
                 if config.cfg_scale > 0:
-                    un_logits = forward(un_x, columns)
+                    un_logits = forward(un_x, columns, slot=1)
                     logits = un_logits + (config.cfg_scale + 1) * (logits - un_logits)
                 new_block, transfer_index = _denoise_step(
                     x_block, logits, masked_columns, k, mask_token_id, config, generator

@@ -2,10 +2,12 @@
 
 Autoregressive decoding (transformers' `GenerationMixin.generate`) does not apply to a masked diffusion model; the
 native classes answer `generate` with [`trl_diffusion.sampling.generate`] instead (LLaDA's semi-autoregressive
-block sampler with low-confidence remasking).
+block sampler with low-confidence remasking), and give the sampler `diffusion_logits`, their forward's logits
+written into a buffer reused across denoising steps.
 """
 
 import torch
+from transformers.modeling_utils import slice_logits_to_keep
 
 
 class DiffusionGenerateMixin:
@@ -50,3 +52,55 @@ class DiffusionGenerateMixin:
         return generate(
             self, input_ids, attention_mask=attention_mask, config=generation_config, generator=generator, **overrides
         )
+
+    @torch.no_grad()
+    def diffusion_logits(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        positions: torch.LongTensor | None = None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        The logits `self(...)` returns for `logits_to_keep=positions`, optionally written into a reusable buffer.
+
+        The sampler calls this at every denoising step. With `out`, a buffer of at least `B * n * V` elements in
+        the head's dtype, a plain bias-free linear head writes its result there with one matrix product (the same
+        product `nn.Linear` runs) instead of a fresh `(B, n, V)` tensor each step: on CPU, faulting in fresh pages
+        for the logits costs as much as the head's product itself at small hidden sizes. Other heads (LoRA on
+        the head, a partitioned ZeRO-3 weight, autocast) run as modules, exactly like `forward`.
+
+        Args:
+            input_ids (`torch.LongTensor`): `(B, L)` token ids.
+            attention_mask (`torch.Tensor`, *optional*): `(B, L)`, 0 on padding.
+            position_ids (`torch.LongTensor`, *optional*): `(B, L)`.
+            positions (`torch.LongTensor`, *optional*): `(B, n)` positions whose logits are wanted; `None`: all.
+            out (`torch.Tensor`, *optional*): reusable buffer; the result is a view of it.
+
+        Returns:
+            `torch.Tensor` `(B, n, V)` logits.
+        """
+        hidden = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state  # (B, L, H)
+        if positions is not None:
+            hidden = slice_logits_to_keep(hidden, positions)  # (B, n, H)
+        head = self.get_output_embeddings()
+        weight = head.weight
+        plain = (
+            out is not None
+            and type(head) is torch.nn.Linear
+            and head.bias is None
+            and not hasattr(weight, "ds_id")  # DeepSpeed ZeRO-3: the module call gathers the weight
+            and not torch.is_autocast_enabled(hidden.device.type)
+            and out.dtype == weight.dtype == hidden.dtype
+            and out.device == hidden.device
+        )
+        batch, n, size = hidden.shape
+        vocab = weight.shape[0]
+        if not plain or out.numel() < batch * n * vocab:
+            return head(hidden)
+        logits = out.view(-1)[: batch * n * vocab].view(batch * n, vocab)  # (B * n, V)
+        torch.mm(hidden.reshape(batch * n, size), weight.t(), out=logits)
+        return logits.view(batch, n, vocab)
