@@ -1,5 +1,6 @@
 """The sampler's fast paths: the segmented argmax and the native models' buffered LM head (`diffusion_logits`)."""
 
+import functools
 import types
 
 import pytest
@@ -176,3 +177,29 @@ def test_softmax_written_over_its_input_equals_softmax(dtype):
     result = torch.softmax(inplace, dim=-1, out=inplace)
     assert result.data_ptr() == inplace.data_ptr()
     assert torch.equal(inplace, expected)
+
+
+@pytest.mark.parametrize("wrapper", ["instance", "peft"])
+def test_forward_replaced_on_the_instance_keeps_running(tokenizer, wrapper):
+    # accelerate's mixed precision replaces `model.forward` with an autocast wrapper: the sampler must call it
+    model = tiny_llada_model(tokenizer, vocab_size=300, seed=5).eval()
+    if wrapper == "peft":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    calls = []
+    original = model.forward
+
+    @functools.wraps(original)  # as accelerate's wrapper (torch.autocast decorates with functools.wraps)
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("logits_to_keep"))
+        return original(*args, **kwargs)
+
+    ids, mask = _padded_prompts(300, seed=1)
+    config = DiffusionGenerationConfig(gen_length=8, block_length=4, steps=4)
+    unpatched = generate(model, ids, mask, config=config)
+    assert calls == []  # the buffered head, not `forward`
+    model.forward = counting
+    patched = generate(model, ids, mask, config=config)
+    assert len(calls) == 4 and all(isinstance(keep, torch.Tensor) for keep in calls)
+    assert torch.equal(patched, unpatched)

@@ -308,7 +308,8 @@ class _MaskedForward:
     Runs the model and returns the logits that predict given columns of `x` (the masks left in the current block).
 
     With `logit_shift` the prediction for column `i` is read at `i - 1` (Dream). The native models (their
-    `diffusion_logits`) write these logits into a buffer kept for the whole [`generate`] call, one per `slot`
+    `diffusion_logits`, unless `forward` was replaced on the instance, as accelerate does for mixed precision) write
+    these logits into a buffer kept for the whole [`generate`] call, one per `slot`
     (conditional and unconditional pass); the buffer is overwritten at the next call, which is safe because
     `_propose` consumes the logits of a step before the next one. Other models are called as
     `model(...).logits`: when their forward takes `logits_to_keep` (transformers semantics: a `(B, n)` tensor of
@@ -324,7 +325,9 @@ class _MaskedForward:
         self.position_ids = position_ids  # (B, L)
         self.shift = shift
         target = _unwrapped(model)
-        self.native = target if isinstance(target, DiffusionGenerateMixin) else None
+        # a forward replaced on the instance (accelerate's mixed-precision autocast wrapper, say) must keep running
+        patched = any("forward" in vars(module) for module in (model, target))
+        self.native = target if isinstance(target, DiffusionGenerateMixin) and not patched else None
         self.max_rows = max_rows  # B * block_length: the most logit rows one call returns
         self.buffers: dict[int, torch.Tensor] = {}
         parameters = _forward_parameters(model)
