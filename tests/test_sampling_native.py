@@ -123,6 +123,7 @@ def test_diffusion_logits_equal_forward_logits_and_use_the_buffer(native):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(unbuffered, expected, rtol=0, atol=0)
     assert got.data_ptr() == buffer.data_ptr()  # the product was written into the reused buffer
+    assert native.buffered_head_weight() is native.get_output_embeddings().weight
     small = torch.empty(10)  # too small: a fresh tensor, same values
     with torch.no_grad():
         fallback = native.diffusion_logits(ids, mask, None, positions=positions, out=small)
@@ -144,6 +145,7 @@ def test_diffusion_logits_run_a_lora_head_as_a_module(tokenizer):
         got = base.diffusion_logits(ids, mask, None, positions=positions, out=buffer)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert got.data_ptr() != buffer.data_ptr()  # the LoRA head ran as a module, with its adapter
+    assert base.buffered_head_weight() is None  # so the sampler allocates no buffer for it
 
 
 @pytest.mark.parametrize(

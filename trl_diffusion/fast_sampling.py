@@ -128,14 +128,9 @@ class CachedBlockForward:
         ).logits
         if self.cache is not None:
             self.cache.check_used(self.model)
-        if logits.shape[:2] == read.shape:
-            return logits  # (B, n, V)
-        if logits.shape[1] == span_hi - span_lo:
-            return torch.take_along_dim(logits, read.unsqueeze(-1), dim=1)  # (B, n, V)
-        raise ValueError(
-            f"The model returned logits of shape {tuple(logits.shape)} for inputs of length {span_hi - span_lo}; "
-            "the sampler needs one row of logits per input position, or per `logits_to_keep` position."
-        )
+        from trl_diffusion.sampling import logits_at
+
+        return logits_at(logits, read, (x.shape[0], span_hi - span_lo))
 
 
 def refresh_at(step: int, interval: int | None) -> bool:

@@ -336,8 +336,8 @@ class _MaskedForward:
 
     def _buffer(self, slot: int) -> torch.Tensor | None:
         if slot not in self.buffers:
-            weight = getattr(self.native.get_output_embeddings(), "weight", None)
-            if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            weight = self.native.buffered_head_weight()
+            if weight is None:  # the head runs as a module: nothing to reuse
                 return None
             self.buffers[slot] = torch.empty(
                 self.max_rows * weight.shape[0], dtype=weight.dtype, device=self.position_ids.device
@@ -356,15 +356,23 @@ class _MaskedForward:
         logits = self.model(
             input_ids=x, attention_mask=self.attention_mask, position_ids=self.position_ids, **kwargs
         ).logits
-        if logits.shape[:2] == read.shape:
-            return logits  # (B, n, V)
-        if logits.shape[:2] == x.shape:
-            return torch.take_along_dim(logits, read.unsqueeze(-1), dim=1)  # (B, n, V)
-        raise ValueError(
-            f"The model returned logits of shape {tuple(logits.shape)} for inputs of shape {tuple(x.shape)}"
-            + (f" and logits_to_keep of shape {tuple(read.shape)}" if self.keep else "")
-            + "; the sampler needs (B, L, V) logits, or (B, n, V) for a (B, n) `logits_to_keep` of positions."
-        )
+        return logits_at(logits, read, x.shape)
+
+
+def logits_at(logits: torch.Tensor, read: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:
+    """
+    The `(B, n, V)` rows `read` `(B, n)` of a model's output: `logits` as they are when the model kept only those
+    rows (`logits_to_keep`), else gathered from its `(B, L, V)` logits for inputs of shape `input_shape` `(B, L)`.
+    """
+    if logits.shape[:2] == read.shape:
+        return logits  # (B, n, V)
+    if logits.shape[:2] == input_shape:
+        return torch.take_along_dim(logits, read.unsqueeze(-1), dim=1)  # (B, n, V)
+    raise ValueError(
+        f"The model returned logits of shape {tuple(logits.shape)} for inputs of shape {tuple(input_shape)} and "
+        f"{tuple(read.shape)} positions to read; the sampler needs one row of logits per input position, or per "
+        "`logits_to_keep` position."
+    )
 
 
 _ARGMAX_SEGMENT = 128

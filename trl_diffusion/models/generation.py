@@ -53,6 +53,17 @@ class DiffusionGenerateMixin:
             self, input_ids, attention_mask=attention_mask, config=generation_config, generator=generator, **overrides
         )
 
+    def buffered_head_weight(self) -> torch.Tensor | None:
+        """
+        The `(V, H)` weight of an output head that [`diffusion_logits`] can write into a buffer: a plain bias-free
+        `nn.Linear` with its whole weight. `None` for other heads (LoRA on the head, a bias, a weight partitioned by
+        DeepSpeed ZeRO-3, whose module call gathers it), which run as modules.
+        """
+        head = self.get_output_embeddings()
+        if type(head) is not torch.nn.Linear or head.bias is not None or hasattr(head.weight, "ds_id"):
+            return None
+        return head.weight
+
     @torch.no_grad()
     def diffusion_logits(
         self,
@@ -86,21 +97,17 @@ class DiffusionGenerateMixin:
         ).last_hidden_state  # (B, L, H)
         if positions is not None:
             hidden = slice_logits_to_keep(hidden, positions)  # (B, n, H)
-        head = self.get_output_embeddings()
-        weight = head.weight
-        plain = (
-            out is not None
-            and type(head) is torch.nn.Linear
-            and head.bias is None
-            and not hasattr(weight, "ds_id")  # DeepSpeed ZeRO-3: the module call gathers the weight
-            and not torch.is_autocast_enabled(hidden.device.type)
-            and out.dtype == weight.dtype == hidden.dtype
-            and out.device == hidden.device
-        )
+        weight = self.buffered_head_weight() if out is not None else None
         batch, n, size = hidden.shape
+        if (
+            weight is None
+            or torch.is_autocast_enabled(hidden.device.type)
+            or not out.dtype == weight.dtype == hidden.dtype
+            or out.device != hidden.device
+            or out.numel() < batch * n * weight.shape[0]
+        ):
+            return self.get_output_embeddings()(hidden)
         vocab = weight.shape[0]
-        if not plain or out.numel() < batch * n * vocab:
-            return head(hidden)
         logits = out.view(-1)[: batch * n * vocab].view(batch * n, vocab)  # (B * n, V)
         torch.mm(hidden.reshape(batch * n, size), weight.t(), out=logits)
         return logits.view(batch, n, vocab)
