@@ -3,16 +3,18 @@
 Two measurements in one run, every ratio taken between configurations timed side by side (interleaved repeats, best
 of `--repeats`), because the machine is shared:
 
-1. **Speed** at generation lengths 128 / 256 / 512 (block 32, `gen_length / 2` steps: d1's settings) for
-   `cache` none / prefix / dual x `threshold` off / on (plus dual + threshold with the cache recorded every 2 steps),
-   with a tiny native LLaDA (the demo's shape) that has LLaDA's real vocabulary (126,464 rows of embedding and
-   output head). Reports seconds, tokens/s, model forward passes, backbone positions computed, the speedup over the
-   exact sampler, the fraction of answer tokens equal to the exact sampler's and the exact-match rate. Confidence-
-   aware decoding only helps a confident model, so the model is first trained (LLaDA's masked-SFT objective) on the
-   demo's digit-sorting task with answers padded by EOS to 8-128 tokens, the shape of LLaDA answers (a short answer
-   followed by EOS). Training only the tokenizer's 104 rows would leave the other 126,360 head rows random; instead
-   they are zero, and training (of a 104-row copy, which is cheap) adds their exact share of the softmax as one extra
-   logit `log(126360)`, so the trained function *is* that of the real-vocabulary model the timings run.
+1. **Speed** at generation lengths 128 / 256 / 512 (block 32, `gen_length / 2` steps: d1's settings) for `cache`
+   none / prefix / dual x `threshold` off / on, plus dual + threshold with the cache recorded every 2 steps, and
+   prefix / dual + threshold with the cache recorded again when the drift test fires (`cache_refresh_drift`,
+   `--drift`), with a tiny native LLaDA (the demo's shape) that has LLaDA's real vocabulary (126,464 rows of
+   embedding and output head). Reports seconds, tokens/s, model forward passes, cache recordings, backbone positions
+   computed, the speedup over the exact sampler, the fraction of answer tokens equal to the exact sampler's and the
+   exact-match rate. Confidence-aware decoding only helps a confident model, so the model is first trained (LLaDA's
+   masked-SFT objective) on the demo's digit-sorting task with answers padded by EOS to 8-128 tokens, the shape of
+   LLaDA answers (a short answer followed by EOS). Training only the tokenizer's 104 rows would leave the other
+   126,360 head rows random; instead they are zero, and training (of a 104-row copy, which is cheap) adds their exact
+   share of the softmax as one extra logit `log(126360)`, so the trained function *is* that of the real-vocabulary
+   model the timings run.
 2. **Demo-task accuracy**: exact match on the demo's 500 held-out prompts with the demo's sampler settings (an
    answer of `ANSWER_LENGTH` tokens, one block, one token per step, greedy) and with several blocks, for each
    configuration. The model is the demo's trained checkpoint when `--demo-checkpoint` is given (or
@@ -67,6 +69,8 @@ CONFIGS = [
     ("prefix+threshold", {"cache": "prefix", "threshold": None}),
     ("dual+threshold", {"cache": "dual", "threshold": None}),
     ("dual+threshold, refresh/2", {"cache": "dual", "threshold": None, "cache_refresh_interval": 2}),
+    ("prefix+threshold, drift", {"cache": "prefix", "threshold": None, "cache_refresh_drift": None}),
+    ("dual+threshold, drift", {"cache": "dual", "threshold": None, "cache_refresh_drift": None}),
 ]
 
 
@@ -76,6 +80,7 @@ def parse_args(argv=None):
     parser.add_argument("--block-length", type=int, default=32, help="Block length of the speed runs (d1: 32).")
     parser.add_argument("--batch-size", type=int, default=4, help="Prompts per speed run.")
     parser.add_argument("--threshold", type=float, default=0.9, help="Confidence threshold (Fast-dLLM: 0.9).")
+    parser.add_argument("--drift", type=float, default=0.1, help="`cache_refresh_drift` of the drift configs.")
     parser.add_argument("--repeats", type=int, default=1, help="Interleaved timing repeats; the best is kept.")
     parser.add_argument("--train-steps", type=int, default=1000, help="Masked-SFT steps of the speed model.")
     parser.add_argument("--train-lengths", type=int, nargs="+", default=[8, 32, 64, 128],
@@ -185,20 +190,25 @@ def with_vocab_size(model, total_vocab: int):
 
 
 class ForwardCounter:
-    """Counts calls of a model's top-level forward, and the token positions its backbone processed."""
+    """Counts the model's forward passes, the token positions its backbone processed and the passes that recorded the
+    key/value cache, at the backbone (`model.model`): the exact sampler reaches it through `diffusion_logits`, the
+    cached one through `forward`."""
 
     def __init__(self, model):
         self.count = 0
         self.positions = 0
-        self.handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self.recordings = 0  # passes that recorded the key/value cache
+        self.handle = model.model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def reset(self):
-        self.count = self.positions = 0
+        self.count = self.positions = self.recordings = 0
 
     def _hook(self, module, args, kwargs):
         self.count += 1
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         self.positions += input_ids.numel()
+        cache = kwargs.get("kv_cache")
+        self.recordings += int(cache is not None and cache.mode == "record")
 
 
 def speed_runs(model, tokenizer, args, gen_length: int) -> list[dict]:
@@ -214,7 +224,7 @@ def speed_runs(model, tokenizer, args, gen_length: int) -> list[dict]:
     results = {}
     for _ in range(args.repeats):
         for name, options in CONFIGS:  # interleaved: every configuration sees the same machine load
-            options = {k: (args.threshold if k == "threshold" else v) for k, v in options.items()}
+            options = resolve(options, args)
             counter.reset()
             start = time.perf_counter()
             output = generate(model, encoded["input_ids"], encoded["attention_mask"], base, **options)
@@ -225,6 +235,7 @@ def speed_runs(model, tokenizer, args, gen_length: int) -> list[dict]:
                     "seconds": seconds,
                     "forward_passes": counter.count,
                     "backbone_positions": counter.positions,
+                    "cache_recordings": counter.recordings,
                     "output": output,
                 }
     counter.handle.remove()
@@ -242,6 +253,7 @@ def speed_runs(model, tokenizer, args, gen_length: int) -> list[dict]:
                 "tokens_per_second": answers.numel() / result["seconds"],
                 "forward_passes": result["forward_passes"],
                 "backbone_positions": result["backbone_positions"],
+                "cache_recordings": result["cache_recordings"],
                 "speedup": results["exact"]["seconds"] / result["seconds"],
                 "tokens_equal_to_exact": float((answers == exact_answers).float().mean()),
                 "exact_match": sum(score(p, a)[1] for p, a in zip(prompts, texts, strict=True)) / len(prompts),
@@ -250,6 +262,12 @@ def speed_runs(model, tokenizer, args, gen_length: int) -> list[dict]:
         )
         print(format_speed_row(rows[-1]), flush=True)
     return rows
+
+
+def resolve(options: dict, args) -> dict:
+    """A configuration's sampler options with the command line's threshold and drift tolerance filled in."""
+    values = {"threshold": args.threshold, "cache_refresh_drift": args.drift}
+    return {k: values.get(k, v) for k, v in options.items()}
 
 
 def decode(tokenizer, answers: torch.Tensor) -> list[str]:
@@ -272,7 +290,7 @@ def accuracy_runs(model, tokenizer, args) -> list[dict]:
             mask_token_id=tokenizer.mask_token_id,
         )  # fmt: skip
         for name, options in CONFIGS:
-            options = {k: (args.threshold if k == "threshold" else v) for k, v in options.items()}
+            options = resolve(options, args)
             config = DiffusionGenerationConfig(**{**vars(base), **options})
             counter.reset()
             start = time.perf_counter()
@@ -284,6 +302,7 @@ def accuracy_runs(model, tokenizer, args) -> list[dict]:
                     "accuracy": result["accuracy"],
                     "mean_reward": result["mean_reward"],
                     "forward_passes": counter.count,
+                    "cache_recordings": counter.recordings,
                     "seconds": time.perf_counter() - start,
                 }
             )
@@ -298,7 +317,8 @@ def accuracy_runs(model, tokenizer, args) -> list[dict]:
 def format_speed_row(row) -> str:
     return (
         f"{row['gen_length']:>5} {row['config']:<26} {row['seconds']:8.2f}s {row['tokens_per_second']:9.1f} tok/s "
-        f"{row['forward_passes']:5d} fwd {row['backbone_positions']:7d} pos {row['speedup']:6.2f}x  "
+        f"{row['forward_passes']:5d} fwd {row['cache_recordings']:4d} rec {row['backbone_positions']:7d} pos "
+        f"{row['speedup']:6.2f}x  "
         f"equal-to-exact {100 * row['tokens_equal_to_exact']:5.1f}%  exact-match {100 * row['exact_match']:5.1f}%"
     )
 
@@ -307,7 +327,8 @@ def format_accuracy_row(row) -> str:
     delta = f" ({100 * row['accuracy_minus_exact']:+.1f})" if "accuracy_minus_exact" in row else ""
     return (
         f"block {row['block_length']} {row['config']:<26} accuracy {100 * row['accuracy']:5.1f}%{delta}  "
-        f"reward {row['mean_reward']:.3f}  {row['forward_passes']:3d} fwd  {row['seconds']:.2f}s"
+        f"reward {row['mean_reward']:.3f}  {row['forward_passes']:3d} fwd {row['cache_recordings']:3d} rec  "
+        f"{row['seconds']:.2f}s"
     )
 
 
@@ -414,27 +435,30 @@ def main(argv=None) -> int:
 
 def format_tables(report) -> str:
     lines = [
-        "| gen length | configuration | seconds | tokens/s | forward passes | backbone positions | speedup vs exact | "
-        "tokens = exact | exact match |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| gen length | configuration | seconds | tokens/s | forward passes | cache recordings | backbone positions | "
+        "speedup vs exact | tokens = exact | exact match |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["speed"]:
         lines.append(
             f"| {row['gen_length']} | {row['config']} | {row['seconds']:.2f} | {row['tokens_per_second']:.1f} | "
-            f"{row['forward_passes']} | {row['backbone_positions']} | {row['speedup']:.2f}x | "
+            f"{row['forward_passes']} | {row['cache_recordings']} | {row['backbone_positions']} | "
+            f"{row['speedup']:.2f}x | "
             f"{100 * row['tokens_equal_to_exact']:.1f}% | "
             f"{100 * row['exact_match']:.0f}% |"
         )
     lines += [
         "",
-        "| demo blocks | configuration | held-out accuracy | vs exact (points) | forward passes | seconds |",
-        "|---|---|---|---|---|---|",
+        "| demo blocks | configuration | held-out accuracy | vs exact (points) | forward passes | cache recordings | "
+        "seconds |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in report["accuracy"]:
         blocks = f"{ANSWER_LENGTH // row['block_length']} x {row['block_length']}"
         lines.append(
             f"| {blocks} | {row['config']} | {100 * row['accuracy']:.1f}% | "
-            f"{100 * row['accuracy_minus_exact']:+.1f} | {row['forward_passes']} | {row['seconds']:.2f} |"
+            f"{100 * row['accuracy_minus_exact']:+.1f} | {row['forward_passes']} | {row['cache_recordings']} | "
+            f"{row['seconds']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -99,6 +99,139 @@ def test_span_pass_reuses_recorded_columns(tok):
     assert cache.updates == 2
 
 
+# --------------------------------------------------------------------------------------- drift-triggered refresh
+
+
+def _first_attention(model):
+    """The module whose `attend` runs the first layer's attention (a LLaDA block, a Dream layer's `self_attn`)."""
+    layer = model.model.layers[0]
+    return getattr(layer, "self_attn", layer)
+
+
+def _capture_first_layer(model, monkeypatch):
+    """Record the first layer's queries, keys, values and attention output (B, L, H * d) of each forward pass."""
+    seen = []
+    module = _first_attention(model)
+    original = module.attend
+
+    def attend(query, key, value, attention_mask, **kwargs):
+        output, weights = original(query, key, value, attention_mask, **kwargs)
+        seen.append((query, key, value, output))
+        return output, weights
+
+    monkeypatch.setattr(module, "attend", attend)
+    return seen
+
+
+@pytest.mark.parametrize("factory", [tiny_llada_model, tiny_dream_model])
+def test_first_layer_qkv_matches_the_forward(tok, factory, monkeypatch):
+    model = factory(tok, num_layers=2)
+    ids, mask = _prompts(tok)
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    seen = _capture_first_layer(model, monkeypatch)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, position_ids=pos)
+        query, key, value = model.first_layer_qkv(ids[:, 2:6], pos[:, 2:6])  # a few columns alone
+    for mine, theirs in zip((query, key, value), seen[0][:3], strict=True):
+        torch.testing.assert_close(mine, theirs[:, :, 2:6], rtol=1e-5, atol=1e-6)
+
+
+def _reference_drift(before, after, real, start, end, outside):
+    """Plain per-row loop: the first-layer output change of each `outside` column, weighted by the mean attention
+    (over heads and block queries, from the forward pass on the current tokens) the block puts on it."""
+    _, _, _, out_before = before
+    query, key, _, out_after = after
+    groups = query.shape[1] // key.shape[1]
+    drifts = []
+    for b in range(query.shape[0]):
+        numerator = denominator = 0.0
+        for j in outside:
+            change = (out_after[b, j] - out_before[b, j]).norm() / out_before[b, j].norm()
+            weight = 0.0
+            for h in range(query.shape[1]):
+                for i in range(start, end):
+                    scale = query.shape[-1] ** -0.5
+                    scores = [
+                        float(query[b, h, i] @ key[b, h // groups, s]) * scale if real[b, s] else None
+                        for s in range(key.shape[2])
+                    ]
+                    top = max(v for v in scores if v is not None)
+                    total = sum(math.exp(v - top) for v in scores if v is not None)
+                    weight += math.exp(scores[j] - top) / total if scores[j] is not None else 0.0
+            weight /= query.shape[1] * (end - start)
+            numerator += weight * float(change)
+            denominator += weight
+        drifts.append(numerator / denominator)
+    return torch.tensor(drifts)
+
+
+@pytest.mark.parametrize("factory", [tiny_llada_model, tiny_dream_model])
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_drift_matches_plain_reference(tok, factory, cache, monkeypatch):
+    model = factory(tok, num_layers=2)
+    ids, mask = _prompts(tok, seed=3)
+    x = torch.cat([ids, torch.full((3, 12), MASK)], dim=1)  # prompt 7, then blocks [7, 11), [11, 15), [15, 19)
+    am = torch.cat([mask, torch.ones(3, 12, dtype=torch.long)], dim=1)
+    pos = (am.cumsum(-1) - 1).clamp_min(0)
+    start, end, length = 11, 15, x.shape[1]
+    x[:, 7:11] = torch.randint(3, len(tok), (3, 4), generator=torch.Generator().manual_seed(0))  # a finished block
+    span = (start - 1, end if cache == "dual" else length)  # a shifted span (Dream's) still leaves both sides
+    outside = [j for j in range(length) if not span[0] <= j < span[1]]
+    seen = _capture_first_layer(model, monkeypatch)
+    drift = fast_sampling.FirstLayerDrift(model, am, pos, tolerance=0.05)
+    with torch.no_grad():
+        drift.record(x, start, end, span)
+        model(input_ids=x, attention_mask=am, position_ids=pos)
+        x2 = x.clone()
+        x2[:, 12:14] = torch.tensor([5, 9])  # two block tokens decoded
+        model(input_ids=x2, attention_mask=am, position_ids=pos)
+        stale = drift.stale(x2)
+    expected = _reference_drift(seen[0], seen[1], am.bool(), start, end, outside)
+    torch.testing.assert_close(drift.last_drift, expected, rtol=1e-4, atol=1e-6)
+    assert expected.min() > 0  # the tokens changed, so the first layer moved
+    assert stale == bool(expected.max() > 0.05)
+    with torch.no_grad():  # nothing changed since the recording: no drift
+        drift.record(x2, start, end, span)
+        assert not drift.stale(x2)
+    assert float(drift.last_drift.abs().max()) < 1e-6
+    assert (drift.checks, drift.stale_steps) == (2, int(stale))
+
+
+@pytest.mark.parametrize("factory", [tiny_llada_model, tiny_dream_model])
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("threshold", [None, 0.3])
+def test_drift_tolerance_extremes(tok, factory, cache, threshold, monkeypatch):
+    # A tolerance below any drift records the cache at every step: the cache-free sampler's tokens (the exact one
+    # without threshold). One above any drift records only at block starts: the plain cache's tokens.
+    model = factory(tok, num_layers=2)
+    ids, mask = _prompts(tok)
+    options = {"temperature": 0.9, "threshold": threshold}
+    reference, _ = _run(model, ids, mask, _config(**options))
+    plain, _ = _run(model, ids, mask, _config(cache=cache, **options))
+    recordings = []
+    original = model.forward
+
+    def spy(*args, **kwargs):
+        recordings.append(kwargs["kv_cache"].mode == "record")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    always, steps = _run(model, ids, mask, _config(cache=cache, cache_refresh_drift=1e-12, **options))
+    assert torch.equal(always, reference)
+    assert all(recordings) and len(recordings) == len(steps)
+    recordings.clear()
+    never, steps = _run(model, ids, mask, _config(cache=cache, cache_refresh_drift=1e12, **options))
+    assert torch.equal(never, plain)
+    assert recordings == [s.step == 0 for s in steps]
+
+
+def test_drift_refresh_needs_first_layer_access(tok):
+    model = tiny_standin_model(tok)
+    ids, mask = _prompts(tok)
+    with pytest.raises(ValueError, match="first layer"):
+        generate(model, ids, mask, _config(cache="dual", cache_refresh_drift=0.1))
+
+
 # ------------------------------------------------------------------------------------------- approximate cache
 
 
@@ -235,6 +368,11 @@ def test_agreed_stop_waits_for_other_ranks(tok, monkeypatch):
         ({"factor": -1.0}, "positive"),
         ({"threshold": 0.9, "remasking": "random"}, "low_confidence"),
         ({"early_stop": "sometimes"}, "early_stop"),
+        ({"cache_refresh_drift": 0.1}, "only applies"),
+        ({"cache": "dual", "cache_refresh_drift": 0.0}, "positive number"),
+        ({"cache": "dual", "cache_refresh_drift": -0.1}, "positive number"),
+        ({"cache": "dual", "cache_refresh_drift": True}, "positive number"),
+        ({"cache": "dual", "cache_refresh_drift": math.inf}, "positive number"),
     ],
 )
 def test_invalid_speed_options(kwargs, match):
@@ -280,6 +418,7 @@ def test_diffu_grpo_trains_with_fast_rollouts(tmp_path, tok, peft):
         block_length=4, diffusion_steps=4, num_iterations=2, steps_per_generation=1, max_steps=2,
         learning_rate=1e-2, bf16=False, report_to="none", save_strategy="no", disable_tqdm=True, seed=0,
         rollout_cache="dual", rollout_threshold=0.9,
+        diffusion_generation_kwargs={"cache_refresh_drift": 0.1} if peft else None,
     )  # fmt: skip
     dataset = Dataset.from_dict({"prompt": [f"{i} plus {i + 1}" for i in range(8)]})
 
@@ -297,13 +436,17 @@ def test_diffu_grpo_trains_with_fast_rollouts(tmp_path, tok, peft):
     )  # fmt: skip
     trainer.old, trainer.scored = [], []
     config = trainer.diffusion_generation_config
-    assert (config.cache, config.threshold) == ("dual", 0.9)
+    assert (config.cache, config.threshold, config.cache_refresh_drift) == ("dual", 0.9, 0.1 if peft else None)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     hook.remove()
     unchanged = [n for n, p in trainer.model.named_parameters() if n in before and torch.equal(p, before[n])]
     assert before and not unchanged
-    assert 4 in spans  # rollouts ran span passes over one block of 4 through the cache
+    cached = [n for n in spans if n is not False]
+    if peft:  # a random model's first layer moves by far more than 10% per decoded token: every step re-records
+        assert cached and set(cached) == {16}
+    else:
+        assert 4 in cached  # rollouts ran span passes over one block of 4 through the cache
     # first inner iteration: weights untouched since generation, so current log-probs equal the old ones
     assert torch.equal(trainer.scored[0], trainer.old[0][:, 0])
 
@@ -345,10 +488,11 @@ def test_eval_flags_reach_the_sampler():
 
     parser = TrlParser(dataclass_types=[EvalConfig])
     (config,) = parser.parse_args_and_config(
-        args=["--model_name_or_path", "m", "--cache", "dual", "--threshold", "0.9"]
+        args=["--model_name_or_path", "m", "--cache", "dual", "--threshold", "0.9", "--cache_refresh_drift", "0.1"]
     )
     sampler = config.generation_config(256)
     assert (sampler.cache, sampler.threshold, sampler.gen_length) == ("dual", 0.9, 256)
+    assert sampler.cache_refresh_drift == 0.1
     (default,) = parser.parse_args_and_config(args=["--model_name_or_path", "m"])
     assert not default.generation_config(256).is_fast
 

@@ -58,6 +58,9 @@ class EvalConfig:
         cache (`str`, *optional*, defaults to `"none"`):
             Fast-dLLM's block-wise key/value cache (arXiv 2505.22618): `"none"` (exact sampler), `"prefix"` or
             `"dual"` (native LLaDA / Dream models). Approximate: see `benchmarks/bench_rollouts.py`.
+        cache_refresh_drift (`float`, *optional*):
+            With a cache, record it again whenever the cached columns the block reads have drifted by more than
+            this (first layer, relative; `0.1` kept the demo's accuracy). `None`: only at each block's start.
         threshold (`float`, *optional*):
             Confidence-aware parallel decoding: also unmask every masked position of the block whose confidence
             exceeds this (Fast-dLLM: 0.9). `None`: the exact schedule.
@@ -110,6 +113,10 @@ class EvalConfig:
             "help": "Block-wise KV cache (Fast-dLLM): none (exact), prefix or dual.",
             "choices": ["none", "prefix", "dual"],
         },
+    )
+    cache_refresh_drift: float | None = field(
+        default=None,
+        metadata={"help": "Re-record the cache when the cached columns the block reads drift this much (e.g. 0.1)."},
     )
     threshold: float | None = field(
         default=None, metadata={"help": "Confidence threshold of parallel decoding (Fast-dLLM: 0.9); default exact."}
@@ -207,7 +214,12 @@ class EvalConfig:
             temperature=self.temperature,
             remasking=self.remasking,
             cfg_scale=self.cfg_scale,
-            **{"cache": self.cache, "threshold": self.threshold, **(self.generation_kwargs or {})},
+            **{
+                "cache": self.cache,
+                "cache_refresh_drift": self.cache_refresh_drift,
+                "threshold": self.threshold,
+                **(self.generation_kwargs or {}),
+            },
         )
 
 

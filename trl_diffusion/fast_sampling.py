@@ -8,7 +8,10 @@ both selected through fields of [`~trl_diffusion.sampling.DiffusionGenerationCon
   and the suffix (prefix cache) or on the block alone (dual cache) and reuse the recorded keys and values of the
   other columns. This is an approximation: the reused keys and values are those of the block's first step.
   `cache_refresh_interval=r` records again every `r` steps inside a block; `r=1` records at every step, and then the
-  computation is the exact sampler's.
+  computation is the exact sampler's. `cache_refresh_drift=t` records again before any step at which the cached
+  columns the block reads have drifted by more than `t` in the first layer ([`FirstLayerDrift`]), so the cache is
+  renewed where the approximation stops holding (a prompt that keeps track of the answer being written) and kept
+  where it holds.
 - `threshold=t` (Sec. 3.3, threshold rule): each step unmasks every masked position of the current block whose
   confidence exceeds `t`; `factor=f` (the factor rule) unmasks the largest `n` most confident positions with
   `(n + 1) * (1 - c_n) < f`, `c_n` being the `n`-th highest confidence. Either way a step unmasks at least as many
@@ -133,6 +136,135 @@ class CachedBlockForward:
         return logits_at(logits, read, (x.shape[0], span_hi - span_lo))
 
 
+class FirstLayerDrift:
+    """
+    When to record the block-wise cache again: before a step, the exact change, since the last recording, of the
+    first-layer attention output of the cached columns, weighted by how much the block reads each of them (an adaptive
+    refresh in the spirit of Elastic-Cache, Nguyen-Tri et al., 2025, arXiv 2510.14973, which refreshes when attention
+    drifts instead of at fixed steps).
+
+    Within a block only the block's tokens change. The first layer's queries, keys and values depend on each token and
+    its position only, so for every column outside the recomputed span (whose keys and values the cache reuses) the
+    first attention layer's output *now* is exact from the recorded first-layer queries and keys/values with the
+    block's columns replaced by those of its current tokens. Per cached column `j`, `drift_j = |o_now - o_rec| /
+    |o_rec|` (heads concatenated) is how far its input to the second layer has moved; the block's first-layer
+    attention gives the weight `a_j` (mean over its queries and heads) with which the block reads column `j`. The
+    step is stale when `sum_j a_j drift_j / sum_j a_j` exceeds `tolerance` in any row. A prompt that tracks the answer
+    being written (its states move) and that the answer reads from (large weights) triggers a recording; a prompt
+    whose states barely move, or columns the block hardly reads (distant masks), do not. It measures the drift at its
+    source, in the first layer; deeper layers are not bounded by it.
+
+    Cost per step: the first layer's projections of the block's tokens and attention of the cached columns' queries
+    and the block's queries over the sequence in the first layer, no forward pass. Every process runs the same module
+    calls whatever the decision, and a recording pass calls the same modules as a span pass, so ZeRO-3 ranks stay in
+    step.
+    """
+
+    def __init__(self, model, attention_mask, position_ids, tolerance: float):
+        native = _native(model)
+        if not callable(getattr(native, "first_layer_qkv", None)):
+            raise ValueError(
+                f"`cache_refresh_drift` reads the first layer's keys and values, which {type(native).__name__} does "
+                "not expose: use the native LLaDA / Dream classes of `trl_diffusion.models`, or "
+                "`cache_refresh_interval` instead."
+            )
+        self.native = native
+        self.position_ids = position_ids  # (B, L)
+        self.real = attention_mask.bool() if attention_mask is not None else None  # (B, L)
+        self.tolerance = tolerance
+        self.checks = 0  # steps tested
+        self.stale_steps = 0  # steps found stale (recorded again)
+        self.last_drift: torch.Tensor | None = None  # (B,) weighted drift of the last test
+        self.outside = torch.empty(0, dtype=torch.long)  # (n_out,) columns the cache serves, set by `record`
+        self.numerator: torch.Tensor | None = None  # the recorded softmax's share of the non-block keys
+
+    def _scores(self, query, key):
+        """(B, H, n, d) queries against (B, H_kv, S, d) keys -> (B, H, n, S) float32 scaled dot products."""
+        groups = query.shape[1] // key.shape[1]
+        key = key.float() if groups == 1 else key.float().repeat_interleave(groups, dim=1)
+        return query.float() @ key.transpose(-1, -2) * query.shape[-1] ** -0.5
+
+    def _values(self, value, groups):
+        """(B, H_kv, S, d) -> (B, H, S, d) float32, each key/value head repeated for its query heads."""
+        return value.float() if groups == 1 else value.float().repeat_interleave(groups, dim=1)
+
+    def record(self, x: torch.Tensor, start: int, end: int, span: tuple[int, int]) -> None:
+        """
+        A recording step for the block `[start, end)` of `x` (B, L), whose next steps recompute the columns `span`:
+        store the first layer's keys and values and the queries of the columns outside `span`. The recorded
+        attention output of those columns is computed at the block's first test only ([`_split_reference`]), so
+        blocks that finish in one step cost no attention.
+        """
+        self.start, self.end = start, end
+        self.outside = torch.cat([torch.arange(0, span[0]), torch.arange(span[1], x.shape[1])]).to(x.device)
+        self.numerator = None
+        if self.outside.numel() == 0:
+            return
+        query, self.key, self.value = self.native.first_layer_qkv(x, self.position_ids)  # keys (B, H_kv, L, d)
+        self.query = query[:, :, self.outside]  # (B, H, n_out, d)
+        self.groups = query.shape[1] // self.key.shape[1]
+
+    def _split_reference(self) -> None:
+        """The recorded first-layer output of the outside columns, and its softmax split into the block's keys and
+        the others (max, numerator and denominator of the others), so that each test attends over the block's new
+        keys only. Runs before the first test overwrites the block's recorded keys."""
+        start, end = self.start, self.end
+        scores = self._scores(self.query, self.key)  # (B, H, n_out, L)
+        if self.real is not None:
+            scores = scores.masked_fill(~self.real[:, None, None, :], -math.inf)
+        self.top = scores.amax(dim=-1, keepdim=True)  # (B, H, n_out, 1), finite: every row has a real key
+        weights = torch.exp(scores.sub_(self.top))  # (B, H, n_out, L) unnormalised
+        values = self._values(self.value, self.groups)  # (B, H, L, d)
+        block_weights = weights[..., start:end].clone()  # (B, H, n_out, Lb)
+        weights[..., start:end] = 0  # the block's share is recomputed at each test
+        self.numerator = weights @ values  # (B, H, n_out, d) the other keys' share
+        self.denominator = weights.sum(-1, keepdim=True)  # (B, H, n_out, 1)
+        self.reference = (self.numerator + block_weights @ values[:, :, start:end]) / (
+            self.denominator + block_weights.sum(-1, keepdim=True)
+        )  # (B, H, n_out, d)
+
+    def stale(self, x: torch.Tensor) -> bool:
+        """Whether the columns outside the recorded span (those the next step reads from the cache) drifted beyond
+        the tolerance, with the recorded block of `x` (B, L) holding its current tokens."""
+        if self.outside.numel() == 0:
+            return False
+        start, end = self.start, self.end
+        if self.numerator is None:
+            self._split_reference()
+        block_query, key, value = self.native.first_layer_qkv(x[:, start:end], self.position_ids[:, start:end])
+        self.key[:, :, start:end], self.value[:, :, start:end] = key, value  # (B, H_kv, Lb, d)
+        # Outside columns now: the recorded softmax over the other keys plus the block's new keys (exact).
+        block_scores = self._scores(self.query, key)  # (B, H, n_out, Lb)
+        if self.real is not None:
+            block_scores = block_scores.masked_fill(~self.real[:, None, None, start:end], -math.inf)
+        top = torch.maximum(self.top, block_scores.amax(dim=-1, keepdim=True))  # (B, H, n_out, 1)
+        rescale = torch.exp(self.top - top)
+        block_weights = torch.exp(block_scores - top)  # (B, H, n_out, Lb)
+        numerator = self.numerator * rescale + block_weights @ self._values(value, self.groups)
+        now = numerator / (self.denominator * rescale + block_weights.sum(-1, keepdim=True))  # (B, H, n_out, d)
+        change = (now - self.reference).transpose(1, 2).flatten(2).norm(dim=-1)  # (B, n_out)
+        size = self.reference.transpose(1, 2).flatten(2).norm(dim=-1)  # (B, n_out)
+        drift = change / size.clamp_min(torch.finfo(size.dtype).tiny)  # (B, n_out)
+        # How much the block reads each outside column: its queries' first-layer attention, mean over heads.
+        reads = self._scores(block_query, self.key)  # (B, H, Lb, L)
+        if self.real is not None:
+            reads = reads.masked_fill(~self.real[:, None, None, :], -math.inf)
+        reads = reads.softmax(dim=-1).mean(dim=(1, 2))[:, self.outside]  # (B, n_out)
+        weighted = (reads * drift).sum(-1) / reads.sum(-1).clamp_min(torch.finfo(reads.dtype).tiny)  # (B,)
+        self.last_drift = weighted
+        self.checks += 1
+        stale = bool(weighted.max() > self.tolerance)
+        self.stale_steps += int(stale)
+        return stale
+
+
+def _native(model):
+    """The native model under DDP / DeepSpeed (`.module`) and PEFT wrappers."""
+    from trl_diffusion.sampling import _unwrapped
+
+    return _unwrapped(getattr(model, "module", model))
+
+
 def refresh_at(step: int, interval: int | None) -> bool:
     """Whether step `step` of a block records the cache: the first step always, then every `interval` steps."""
     return step == 0 or (interval is not None and step % interval == 0)
@@ -219,6 +351,9 @@ def fast_denoise(
     batch_size = x.shape[0]
     inputs = [x] if un_x is None else [x, un_x]
     forwards = [CachedBlockForward(model, attention_mask, position_ids, shift, config.cache) for _ in inputs]
+    drift = None
+    if config.cache_refresh_drift is not None:
+        drift = FirstLayerDrift(model, attention_mask, position_ids, config.cache_refresh_drift)
     schedule = num_transfer_tokens(config.block_length, config.steps_per_block)
     for block in range(config.num_blocks):
         start = prompt_length + block * config.block_length
@@ -226,6 +361,10 @@ def fast_denoise(
         for step, k in enumerate(schedule):
             x_block = x[:, start:end]  # (B, Lb)
             refresh = refresh_at(step, config.cache_refresh_interval)
+            if drift is not None:
+                refresh = refresh or drift.stale(x)
+                if refresh:  # the span the next steps recompute; the other columns come from the cache
+                    drift.record(x, start, end, (start - shift, end if config.cache == "dual" else x.shape[1]))
             block_masks = x_block == mask_token_id  # (B, Lb)
             rows = None
             if config.parallel_decoding:

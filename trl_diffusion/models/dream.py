@@ -159,6 +159,10 @@ class DreamDecoderLayer(GradientCheckpointingLayer):
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
+    def attention_qkv(self, hidden_states: torch.Tensor, position_embeddings) -> tuple[torch.Tensor, ...]:
+        """The layer's rotated queries (B, H, L, d), keys and values (B, H_kv, L, d) of its input (B, L, D)."""
+        return self.self_attn.project_qkv(self.input_layernorm(hidden_states), position_embeddings)
+
     def forward(self, hidden_states, position_embeddings, attention_mask=None, **kwargs) -> torch.Tensor:
         hidden_states = hidden_states + self.self_attn(
             self.input_layernorm(hidden_states), position_embeddings, attention_mask, **kwargs

@@ -9,6 +9,8 @@ written into a buffer reused across denoising steps.
 import torch
 from transformers.modeling_utils import slice_logits_to_keep
 
+from trl_diffusion.models.bidirectional import rotary_cos_sin
+
 
 class DiffusionGenerateMixin:
     """Gives a masked diffusion `PreTrainedModel` a `generate` that runs the diffusion sampler."""
@@ -111,3 +113,17 @@ class DiffusionGenerateMixin:
         logits = out.view(-1)[: batch * n * vocab].view(batch * n, vocab)  # (B * n, V)
         torch.mm(hidden.reshape(batch * n, size), weight.t(), out=logits)
         return logits.view(batch, n, vocab)
+
+    @torch.no_grad()
+    def first_layer_qkv(
+        self, input_ids: torch.LongTensor, position_ids: torch.LongTensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        The first layer's rotated queries `(B, H, L, d)`, keys and values `(B, H_kv, L, d)` for `input_ids` `(B, L)`
+        at `position_ids` `(B, L)`. They depend on each token and its position only, so the sampler's cache drift
+        test ([`~trl_diffusion.fast_sampling.FirstLayerDrift`]) gets them for a few changed columns without a forward
+        pass.
+        """
+        hidden = self.model.embed_tokens(input_ids)  # (B, L, D)
+        cos_sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
+        return self.model.layers[0].attention_qkv(hidden, cos_sin)

@@ -185,6 +185,10 @@ class LLaDABlock(BidirectionalAttentionMixin, GradientCheckpointingLayer):
         self.up_proj = nn.Linear(config.d_model, config.mlp_hidden_size, bias=False)
         self.ff_out = nn.Linear(config.mlp_hidden_size, config.d_model, bias=False)  # down
 
+    def attention_qkv(self, hidden_states: torch.Tensor, position_embeddings) -> tuple[torch.Tensor, ...]:
+        """The block's rotated queries (B, H, L, d), keys and values (B, H_kv, L, d) of its input (B, L, D)."""
+        return self.project_qkv(self.attn_norm(hidden_states), position_embeddings)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -192,7 +196,7 @@ class LLaDABlock(BidirectionalAttentionMixin, GradientCheckpointingLayer):
         attention_mask=None,
         **kwargs,
     ) -> torch.Tensor:  # (B, L, D) -> (B, L, D)
-        query, key, value = self.project_qkv(self.attn_norm(hidden_states), position_embeddings)
+        query, key, value = self.attention_qkv(hidden_states, position_embeddings)
         attended, _ = self.attend(query, key, value, attention_mask, **kwargs)
         hidden_states = hidden_states + self.attn_out(attended)
         normed = self.ff_norm(hidden_states)

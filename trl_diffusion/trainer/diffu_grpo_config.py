@@ -80,15 +80,18 @@ class DiffuGRPOConfig(GRPOConfig):
             Fast-dLLM's approximate block-wise key/value cache for rollouts (arXiv 2505.22618): `"none"` (exact),
             `"prefix"` or `"dual"`; needs the native LLaDA / Dream classes. Off by default, so that rollouts follow
             the exact sampler (d1's semantics): the cache and `rollout_threshold` change which tokens are sampled.
-            Measured by `benchmarks/bench_rollouts.py`: at generation length 256 the threshold gave ~8x and cache +
-            threshold ~9x fewer seconds than the exact sampler, but on the trained demo model (answer decoded as one
-            block after a short prompt) the cache cost 38 points of held-out accuracy and the threshold none; check
-            the cache on your task before training with it.
+            Measured by `benchmarks/bench_rollouts.py`: at generation length 256 the threshold gave ~6-8x and cache +
+            threshold ~7-9x fewer seconds than the exact sampler, but on the trained demo model (answer decoded as one
+            block after a short prompt) the cache cost 37 points of held-out accuracy and the threshold none. With
+            `diffusion_generation_kwargs={"cache_refresh_drift": 0.1}` the cache is re-recorded whenever the columns
+            it serves have drifted, which kept the demo's accuracy exactly (and ~6x at length 256); check the cache
+            on your task before training with it, or keep that test on.
         rollout_threshold (`float`, *optional*):
             Confidence-aware parallel decoding for rollouts (Fast-dLLM: 0.9): each step also unmasks every masked
             position of the block whose confidence exceeds it, and a block stops once it has no mask left, agreed
             across ranks (ZeRO-3-safe). `None` (default) keeps the exact schedule. Further options
-            (`cache_refresh_interval`, `factor`, `early_stop`) go in `diffusion_generation_kwargs`.
+            (`cache_refresh_interval`, `cache_refresh_drift`, `factor`, `early_stop`) go in
+            `diffusion_generation_kwargs`.
         diffusion_generation_kwargs (`dict`, *optional*):
             Further fields of `trl_diffusion.sampling.DiffusionGenerationConfig` (e.g. rollout-speed options),
             applied on top of the fields above. Replaces `generation_kwargs`, which configures autoregressive
