@@ -199,13 +199,13 @@ def test_drift_matches_plain_reference(tok, factory, cache, monkeypatch):
 
 @pytest.mark.parametrize("factory", [tiny_llada_model, tiny_dream_model])
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
-@pytest.mark.parametrize("threshold", [None, 0.3])
-def test_drift_tolerance_extremes(tok, factory, cache, threshold, monkeypatch):
+@pytest.mark.parametrize(("threshold", "cfg"), [(None, 0.0), (0.3, 0.0), (0.3, 1.5)])
+def test_drift_tolerance_extremes(tok, factory, cache, threshold, cfg, monkeypatch):
     # A tolerance below any drift records the cache at every step: the cache-free sampler's tokens (the exact one
     # without threshold). One above any drift records only at block starts: the plain cache's tokens.
     model = factory(tok, num_layers=2)
     ids, mask = _prompts(tok)
-    options = {"temperature": 0.9, "threshold": threshold}
+    options = {"temperature": 0.9, "threshold": threshold, "cfg_scale": cfg}
     reference, _ = _run(model, ids, mask, _config(**options))
     plain, _ = _run(model, ids, mask, _config(cache=cache, **options))
     recordings = []
@@ -218,11 +218,12 @@ def test_drift_tolerance_extremes(tok, factory, cache, threshold, monkeypatch):
     monkeypatch.setattr(model, "forward", spy)
     always, steps = _run(model, ids, mask, _config(cache=cache, cache_refresh_drift=1e-12, **options))
     assert torch.equal(always, reference)
-    assert all(recordings) and len(recordings) == len(steps)
+    passes = 2 if cfg else 1  # with guidance, the conditional and unconditional inputs record together
+    assert all(recordings) and len(recordings) == passes * len(steps)
     recordings.clear()
     never, steps = _run(model, ids, mask, _config(cache=cache, cache_refresh_drift=1e12, **options))
     assert torch.equal(never, plain)
-    assert recordings == [s.step == 0 for s in steps]
+    assert recordings == [s.step == 0 for s in steps for _ in range(passes)]
 
 
 def test_drift_refresh_needs_first_layer_access(tok):

@@ -154,10 +154,11 @@ class FirstLayerDrift:
     whose states barely move, or columns the block hardly reads (distant masks), do not. It measures the drift at its
     source, in the first layer; deeper layers are not bounded by it.
 
-    Cost per step: the first layer's projections of the block's tokens and attention of the cached columns' queries
-    and the block's queries over the sequence in the first layer, no forward pass. Every process runs the same module
-    calls whatever the decision, and a recording pass calls the same modules as a span pass, so ZeRO-3 ranks stay in
-    step.
+    Cost per test, all in the first layer and without a forward pass: the projections of the block's tokens, the
+    cached columns' queries over the block's keys (over the whole sequence once per block, at its first test) and the
+    block's queries over the sequence. Every process runs the same module calls whatever the decision, and a recording
+    pass calls the same modules as a span pass, so ZeRO-3 ranks stay in step. With classifier-free guidance the test
+    reads the conditional input, and both caches are recorded together.
     """
 
     def __init__(self, model, attention_mask, position_ids, tolerance: float):

@@ -84,7 +84,7 @@ class DiffuGRPOConfig(GRPOConfig):
             threshold ~7-9x fewer seconds than the exact sampler, but on the trained demo model (answer decoded as one
             block after a short prompt) the cache cost 37 points of held-out accuracy and the threshold none. With
             `diffusion_generation_kwargs={"cache_refresh_drift": 0.1}` the cache is re-recorded whenever the columns
-            it serves have drifted, which kept the demo's accuracy exactly (and ~6x at length 256); check the cache
+            it serves have drifted, which kept the demo's accuracy exactly (and ~8x at length 256); check the cache
             on your task before training with it, or keep that test on.
         rollout_threshold (`float`, *optional*):
             Confidence-aware parallel decoding for rollouts (Fast-dLLM: 0.9): each step also unmasks every masked
