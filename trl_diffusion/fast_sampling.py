@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from trl_diffusion.cache import BlockKVCache
+from trl_diffusion.models.bidirectional import _repeat_kv
 
 
 def select_parallel(
@@ -113,7 +114,7 @@ class CachedBlockForward:
                 self.cache.record()
                 kwargs["kv_cache"] = self.cache
         else:
-            span_lo, span_hi = start - self.shift, (end if self.mode == "dual" else x.shape[1])
+            span_lo, span_hi = cached_span(start, end, x.shape[1], self.shift, self.mode)
             self.cache.span(span_lo, span_hi, rows)
             kwargs["kv_cache"] = self.cache
         attention_mask, position_ids = self.attention_mask, self.position_ids
@@ -179,15 +180,14 @@ class FirstLayerDrift:
         self.outside = torch.empty(0, dtype=torch.long)  # (n_out,) columns the cache serves, set by `record`
         self.numerator: torch.Tensor | None = None  # the recorded softmax's share of the non-block keys
 
-    def _scores(self, query, key):
-        """(B, H, n, d) queries against (B, H_kv, S, d) keys -> (B, H, n, S) float32 scaled dot products."""
-        groups = query.shape[1] // key.shape[1]
-        key = key.float() if groups == 1 else key.float().repeat_interleave(groups, dim=1)
-        return query.float() @ key.transpose(-1, -2) * query.shape[-1] ** -0.5
-
-    def _values(self, value, groups):
-        """(B, H_kv, S, d) -> (B, H, S, d) float32, each key/value head repeated for its query heads."""
-        return value.float() if groups == 1 else value.float().repeat_interleave(groups, dim=1)
+    def _scores(self, query, key, columns: slice = slice(None)):
+        """(B, H, n, d) queries against the (B, H_kv, S, d) keys of `columns` -> (B, H, n, S) float32 scaled dot
+        products, `-inf` at padding keys."""
+        key = _repeat_kv(key.float(), query.shape[1] // key.shape[1])  # (B, H, S, d)
+        scores = query.float() @ key.transpose(-1, -2) * query.shape[-1] ** -0.5
+        if self.real is not None:
+            scores = scores.masked_fill(~self.real[:, None, None, columns], -math.inf)
+        return scores
 
     def record(self, x: torch.Tensor, start: int, end: int, span: tuple[int, int]) -> None:
         """
@@ -211,11 +211,9 @@ class FirstLayerDrift:
         keys only. Runs before the first test overwrites the block's recorded keys."""
         start, end = self.start, self.end
         scores = self._scores(self.query, self.key)  # (B, H, n_out, L)
-        if self.real is not None:
-            scores = scores.masked_fill(~self.real[:, None, None, :], -math.inf)
         self.top = scores.amax(dim=-1, keepdim=True)  # (B, H, n_out, 1), finite: every row has a real key
         weights = torch.exp(scores.sub_(self.top))  # (B, H, n_out, L) unnormalised
-        values = self._values(self.value, self.groups)  # (B, H, L, d)
+        values = _repeat_kv(self.value.float(), self.groups)  # (B, H, L, d)
         block_weights = weights[..., start:end].clone()  # (B, H, n_out, Lb)
         weights[..., start:end] = 0  # the block's share is recomputed at each test
         self.numerator = weights @ values  # (B, H, n_out, d) the other keys' share
@@ -235,22 +233,17 @@ class FirstLayerDrift:
         block_query, key, value = self.native.first_layer_qkv(x[:, start:end], self.position_ids[:, start:end])
         self.key[:, :, start:end], self.value[:, :, start:end] = key, value  # (B, H_kv, Lb, d)
         # Outside columns now: the recorded softmax over the other keys plus the block's new keys (exact).
-        block_scores = self._scores(self.query, key)  # (B, H, n_out, Lb)
-        if self.real is not None:
-            block_scores = block_scores.masked_fill(~self.real[:, None, None, start:end], -math.inf)
+        block_scores = self._scores(self.query, key, slice(start, end))  # (B, H, n_out, Lb)
         top = torch.maximum(self.top, block_scores.amax(dim=-1, keepdim=True))  # (B, H, n_out, 1)
         rescale = torch.exp(self.top - top)
         block_weights = torch.exp(block_scores - top)  # (B, H, n_out, Lb)
-        numerator = self.numerator * rescale + block_weights @ self._values(value, self.groups)
+        numerator = self.numerator * rescale + block_weights @ _repeat_kv(value.float(), self.groups)
         now = numerator / (self.denominator * rescale + block_weights.sum(-1, keepdim=True))  # (B, H, n_out, d)
         change = (now - self.reference).transpose(1, 2).flatten(2).norm(dim=-1)  # (B, n_out)
         size = self.reference.transpose(1, 2).flatten(2).norm(dim=-1)  # (B, n_out)
         drift = change / size.clamp_min(torch.finfo(size.dtype).tiny)  # (B, n_out)
         # How much the block reads each outside column: its queries' first-layer attention, mean over heads.
-        reads = self._scores(block_query, self.key)  # (B, H, Lb, L)
-        if self.real is not None:
-            reads = reads.masked_fill(~self.real[:, None, None, :], -math.inf)
-        reads = reads.softmax(dim=-1).mean(dim=(1, 2))[:, self.outside]  # (B, n_out)
+        reads = self._scores(block_query, self.key).softmax(dim=-1).mean(dim=(1, 2))[:, self.outside]  # (B, n_out)
         weighted = (reads * drift).sum(-1) / reads.sum(-1).clamp_min(torch.finfo(reads.dtype).tiny)  # (B,)
         self.last_drift = weighted
         self.checks += 1
@@ -264,6 +257,13 @@ def _native(model):
     from trl_diffusion.sampling import _unwrapped
 
     return _unwrapped(getattr(model, "module", model))
+
+
+def cached_span(start: int, end: int, length: int, shift: int, mode: str) -> tuple[int, int]:
+    """The columns `[lo, hi)` a cached step of the block `[start, end)` recomputes: the block (dual) or the block and
+    everything after it (prefix), from `start - shift` so that a shifted model (Dream) predicts column `start` too.
+    The other columns come from the cache."""
+    return start - shift, (end if mode == "dual" else length)
 
 
 def refresh_at(step: int, interval: int | None) -> bool:
@@ -364,8 +364,8 @@ def fast_denoise(
             refresh = refresh_at(step, config.cache_refresh_interval)
             if drift is not None:
                 refresh = refresh or drift.stale(x)
-                if refresh:  # the span the next steps recompute; the other columns come from the cache
-                    drift.record(x, start, end, (start - shift, end if config.cache == "dual" else x.shape[1]))
+                if refresh:
+                    drift.record(x, start, end, cached_span(start, end, x.shape[1], shift, config.cache))
             block_masks = x_block == mask_token_id  # (B, Lb)
             rows = None
             if config.parallel_decoding:
