@@ -369,3 +369,31 @@ def test_mc_elbo_is_unbiased_and_stratification_and_complement_reduce_variance(t
     independent_fours = single.view(-1, 4).mean(dim=1)  # four independent draws: 4 passes
     assert stratified.var() < independent_pairs.var() and complement.var() < independent_pairs.var()
     assert default.var() < independent_fours.var()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"num_mc": 0}, "num_mc"),
+        ({"spg_num_draws": -1}, "spg_num_draws"),
+        ({"likelihood_estimator": "elbo"}, "mc_elbo"),
+    ],
+)
+def test_estimator_options_are_validated(tmp_path, overrides, message):
+    from trl_diffusion import DiffuGRPOConfig
+
+    with pytest.raises(ValueError, match=message):
+        DiffuGRPOConfig(output_dir=str(tmp_path), report_to="none", bf16=False, **overrides)
+
+
+def test_config_defaults_follow_the_papers(tmp_path):
+    from trl_diffusion import DiffuGRPOConfig
+
+    config = DiffuGRPOConfig(output_dir=str(tmp_path), report_to="none", bf16=False)
+    assert (config.num_mc, config.mc_complement, config.spg_num_draws, config.coupled_full_mask_term) == (
+        2,
+        True,
+        2,
+        True,
+    )
+    assert config.likelihood_estimator == "one_step"
