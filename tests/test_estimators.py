@@ -301,7 +301,7 @@ def test_documented_pass_counts_and_option_errors(tokenizer):
     )
     assert forward_passes_per_row("spg_block", spg_num_draws=5) == 5
     with pytest.raises(ValueError, match="Unknown estimator"):
-        forward_passes_per_row("trajectory")
+        forward_passes_per_row("exact")
     model = tiny_llada_model(tokenizer, hidden_size=16, num_layers=1)
     prompt_ids, prompt_mask, completion_ids, completion_mask = batch(PROMPTS)
     kwargs = {"mask_token_id": MASK_ID, "p_mask_prompt": 0.15, "logit_shift": False}

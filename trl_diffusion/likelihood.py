@@ -13,8 +13,9 @@ on the other rows of its micro-batch, on their order, on the padding width, or o
 Estimators share one signature (see [`PerTokenLogpEstimator`]) and are registered in [`LOGP_ESTIMATORS`], chosen by
 name: d1's `one_step`, DiffuCoder's `coupled`, the Monte-Carlo ELBO `mc_elbo` (LLaDA, ESPO) and SPG's `spg_block`.
 The multi-pass estimators draw all their masks for a row from a generator seeded with that row's seed, run one model
-call per pass over the whole batch and reduce it to per-token values at once, so that at most one pass's logits are
-materialised at a time.
+call per pass over the whole batch and reduce it to per-token values `(B, C)` at once: without gradients at most one
+pass's logits exist at a time, never `(B, passes, C, V)`; with gradients autograd keeps each pass's graph until the
+backward pass, as that many micro-batches would (gradient checkpointing bounds the model's part of it).
 """
 
 from dataclasses import dataclass
@@ -91,7 +92,8 @@ class PerTokenLogpEstimator(Protocol):
     comes from a CPU `torch.Generator` seeded with the row's seed, so a row's estimate never depends on the other
     rows of its micro-batch. It returns float32 per-token values `(B, C)` whose sum over a row's completion is the
     estimate of the completion's log-likelihood (a lower bound for the ELBO estimators), and optionally per-token
-    entropies `(B, C)`. Estimator-specific options are further keyword-only arguments with the papers' defaults;
+    entropies `(B, C)` (for the multi-pass estimators, the mean over the passes that score a position; 0 where none
+    does). Estimator-specific options are further keyword-only arguments with the papers' defaults;
     their names are listed in [`ESTIMATOR_OPTIONS`] (they are also the `DiffuGRPOConfig` field names), and
     [`forward_passes_per_row`] gives the number of model calls each estimator makes per row.
     """
