@@ -366,7 +366,11 @@ def coupled_per_token_logps(
     masked (as the reference): `z0` the completion fully masked, `z1` masking `{n : u_n < t}`, `z2` masking the
     complement `{n : u_n >= t}`. Per-token estimate `l_n = 1/2 [log f(z0)_n[x_n] + w_n log f(z_s(n))_n[x_n]]` with
     `w_n = 1/t` from `z1` where `n` is masked in `z1`, else `1/(1-t)` from `z2`. With
-    `coupled_full_mask_term=False` the `z0` pass is skipped and `l_n = w_n log f(z_s(n))_n[x_n]`.
+    `coupled_full_mask_term=False` the `z0` pass is skipped and `l_n = w_n log f(z_s(n))_n[x_n]`. Since `n` is
+    masked in `z1` with probability `t`, `E[w_n log f(z_s(n))_n[x_n]]` is the sum of the expected log-probs of `x_n`
+    given that it is masked in `z1` and given that it is masked in `z2`: the reference's weights put the coupled term
+    at about twice a log-prob, so `l_n` is not on the scale of the other estimators (ratios of old and current values
+    under the same masks are what the objective uses).
 
     Differences from the reference, on purpose: it draws one `t` per call for the whole batch (and copies the
     uniforms across gradient-accumulation chunks); here each row draws its own `t` and uniforms from its seed, so a

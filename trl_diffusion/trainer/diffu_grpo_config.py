@@ -104,8 +104,8 @@ class DiffuGRPOConfig(GRPOConfig):
             `"one_step"` is d1's (fully masked completion, randomly masked prompt; 1 forward pass per row),
             `"coupled"` DiffuCoder's coupled masks (3 passes, 2 without `coupled_full_mask_term`), `"mc_elbo"` the
             Monte-Carlo ELBO of LLaDA / ESPO (`num_mc` passes, twice that with `mc_complement`), `"spg_block"`
-            SPG's block-wise masks (`spg_num_draws` passes, blocks of `block_length`). The multi-pass estimators
-            return per-token contributions whose sum over the completion is the ELBO estimate.
+            SPG's block-wise masks (`spg_num_draws` passes, blocks of `block_length`). `"mc_elbo"` and
+            `"spg_block"` return per-token contributions whose sum over the completion is an ELBO estimate.
         p_mask_prompt (`float`, *optional*, defaults to `0.15`):
             Probability of masking each prompt token in the estimator (d1: 0.15); `"spg_block"` also masks the
             tokens before its block with it (SPG reuses 0.15). `"coupled"` and `"mc_elbo"` never mask the prompt
