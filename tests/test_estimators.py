@@ -397,3 +397,26 @@ def test_config_defaults_follow_the_papers(tmp_path):
         True,
     )
     assert config.likelihood_estimator == "one_step"
+
+
+@pytest.mark.parametrize(("name", "options"), ESTIMATOR_CASES[1:])
+def test_empty_completion_contributes_nothing(native, name, options):
+    # TRL zeroes the whole completion mask of a truncated completion (`mask_truncated_completions`)
+    model, shift = native
+    prompt_ids, prompt_mask, completion_ids, _ = batch(PROMPTS)
+    completion_mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0]])
+    kwargs = {"mask_token_id": MASK_ID, "p_mask_prompt": 0.3, "logit_shift": shift, "compute_entropy": True}
+    with torch.no_grad():
+        values, entropies = LOGP_ESTIMATORS[name](
+            model,
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            torch.tensor(SEEDS),
+            completion_mask=completion_mask,
+            **kwargs,
+            **options,
+        )
+    assert torch.isfinite(values).all() and torch.isfinite(entropies).all()
+    assert not values[~completion_mask.bool()].any() and not entropies[~completion_mask.bool()].any()
+    assert values[0, :3].lt(0).any()
