@@ -6,7 +6,7 @@ in `<reasoning>` tags and give `\boxed{...}` inside `<answer>` tags.
 
 from datasets import Dataset
 
-from trl_diffusion.rewards import format_reward, math_reward
+from trl_diffusion.rewards import format_reward, gsm8k_reward, math_reward
 from trl_diffusion.rewards.text import extract_last_boxed
 from trl_diffusion.tasks.base import Task, d1_completion, load_local_or_hub
 
@@ -32,7 +32,7 @@ class GSM8KTask(Task):
 
     name = "gsm8k"
     system_prompt = MATH_SYSTEM_PROMPT
-    reward_funcs = (math_reward, format_reward)
+    reward_funcs = (gsm8k_reward, format_reward)
     reward_weights = (2.0, 0.5)
     reward_columns = ("answer",)
     hub_path, hub_name = "openai/gsm8k", "main"
