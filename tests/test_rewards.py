@@ -11,11 +11,13 @@ from trl_diffusion.rewards import (
     extract_answer_block,
     extract_last_boxed,
     format_reward,
+    gsm8k_reward,
     math_reward,
     strict_format_reward,
     sudoku_reward,
 )
 from trl_diffusion.rewards.countdown import InvalidExpression
+from trl_diffusion.rewards.math_answer import strip_unit_words
 from trl_diffusion.rewards.sudoku import is_valid_solution
 
 
@@ -63,7 +65,6 @@ def test_answer_extraction():
         (wrap(r"\boxed{\frac{1}{2}}"), "0.5"),
         (wrap(r"\boxed{\dfrac{1}{2}}"), "1/2"),
         (wrap("1,000"), "1000"),
-        (wrap("72 dollars"), "72"),
         (wrap(r"\boxed{(3, \frac{\pi}{2})}"), r"\left( 3, \frac{\pi}{2} \right)"),
         (r"no tags but \boxed{72}", "72"),
         (as_messages(wrap("72")), "72"),
@@ -78,7 +79,8 @@ def test_math_reward_accepts_equivalent_forms(completion, gold):
     [
         (wrap("71"), "72"),
         (wrap(r"10\sqrt{2}"), "10"),  # a partial read of a LaTeX answer must not count
-        (wrap(r"\boxed{3"), "3"),  # cut off inside the box
+        ("<answer>\n\\boxed{3", "3"),  # cut off inside the box, before the end of the answer block
+        (r"the answer is \boxed{3", "3"),
         ("the answer is 72", "72"),  # no answer stated in the d1 layout
         ("", "72"),
         (wrap("(((((((((("), "1"),
@@ -93,8 +95,29 @@ def test_math_reward_rejects_wrong_or_malformed(completion, gold):
 
 def test_math_reward_skips_unparseable_gold_and_checks_columns():
     assert math_reward(prompts=None, completions=[wrap("1")], answer=[""]) == [None]
+    assert math_reward(prompts=None, completions=[""], answer=[""]) == [None]
     with pytest.raises(ValueError, match="answer"):
         math_reward(prompts=None, completions=[wrap("1")])
+    with pytest.raises(ValueError, match="answer"):
+        gsm8k_reward(prompts=None, completions=[wrap("1")], answer=["1", "2"])
+
+
+def test_gsm8k_reward_reads_unit_words_but_no_other_text():
+    golds = ["72", "360", "5", "10", "5", "3", "5"]
+    answers = [
+        "72 dollars",
+        r"\boxed{360\text{ hours} hours.",
+        "5 more apples",
+        r"\boxed{10 cars/day}",
+        "5 or more",
+        "2 or 3",
+    ]
+    answers.append("The answer is 5")  # a number picked out of a sentence is not an answer
+    completions = [wrap(answer) for answer in answers]
+    assert gsm8k_reward(prompts=None, completions=completions, answer=golds) == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    # MATH answers are read exactly as written
+    assert math_reward(prompts=None, completions=completions[:1], answer=golds[:1]) == [0.0]
+    assert strip_unit_words(r"2 pi") == "2 pi" and strip_unit_words("2u") == "2u"
 
 
 # --- countdown -------------------------------------------------------------------------------------------------------

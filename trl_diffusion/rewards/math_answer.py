@@ -19,14 +19,19 @@ from trl_diffusion.rewards.text import completion_text, final_answer
 # Final answers of GSM8K / MATH fit in far fewer characters; longer ones are scored 0 without parsing, so that
 # degenerate completions cannot make every reward call wait for math-verify's timeout.
 MAX_ANSWER_CHARS = 300
-# Trailing unit words after a number or a percent sign: " dollars", " hours.", " cars/day" (two letters or more, so
-# that a variable such as `2 u` is never dropped).
+# Trailing unit words after a number, a percent sign or a LaTeX group: " dollars", " hours.", " cars/day" (two
+# letters or more, so that a variable such as `2 u` is never dropped).
 _TRAILING_UNITS = re.compile(r"(?<=[\d%}])(?:\s+[A-Za-z]{2,}(?:[/-][A-Za-z]+)*)+\s*\.?\s*$")
+# Words that make the text more than a number and its unit (`5 or more`, `3 times`, `2 pi`): never dropped.
+_NOT_UNITS = frozenset({"or", "and", "to", "plus", "minus", "times", "over", "divided", "pi", "sqrt", "than"})
 
 
 def strip_unit_words(answer: str) -> str:
     """`answer` without unit words after its final number (`72 dollars` -> `72`); anything else unchanged."""
-    return _TRAILING_UNITS.sub("", answer).strip()
+    match = _TRAILING_UNITS.search(answer)
+    if match is None or _NOT_UNITS & set(re.findall(r"[a-z]+", match.group(0).lower())):
+        return answer
+    return answer[: match.start()].strip()
 
 
 def is_correct(completion: str, answer: str, unit_words: bool = False) -> bool | None:

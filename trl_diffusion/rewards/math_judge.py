@@ -2,13 +2,15 @@ r"""
 Whether two math answers are equal, decided by `math-verify` with a bounded cost on any thread.
 
 math-verify's own timeouts use `signal.alarm`, which only works on the main thread, and cannot interrupt work done
-inside one C call (a huge integer power). So every judgement runs in a worker subprocess
-(`python -m trl_diffusion.rewards.math_judge`, one JSON line per question and answer): the caller waits at most
+inside one C call (a huge integer power). So every judgement runs in a worker subprocess (running [`serve`]: one
+JSON line per gold answer and answer, with math-verify's own timeouts on its main thread): the caller waits at most
 `timeout` seconds for the answer, then kills the worker and scores the answer as wrong. Workers are reused, one per
-concurrent caller, and exit when their caller's process ends. Answers that are obviously too costly to evaluate (a
-power of a power, a five-digit exponent, the factorial of a four-digit number) are rejected before any parsing.
+concurrent caller, and exit when their caller's process ends. Answers that are obviously too costly to evaluate
+(power towers over numbers, five-digit exponents, factorials of four-digit numbers, brackets nested deeper than
+`MAX_NESTING`; see [`is_too_costly`]) are wrong without being parsed at all.
 """
 
+import atexit
 import functools
 import json
 import logging
@@ -22,7 +24,7 @@ import threading
 
 logger = logging.getLogger(__name__)
 
-# Per-answer budget (seconds): parsing the gold and the answer plus math-verify's comparison.
+# Per-answer budget (seconds): parsing the answer plus math-verify's comparison.
 TIMEOUT_SECONDS = 5.0
 # A worker gets this long to start (importing sympy on a busy machine), outside the per-answer budget.
 STARTUP_TIMEOUT_SECONDS = 120.0
@@ -35,6 +37,10 @@ _FACTORIAL_OF_LARGE_NUMBER = re.compile(r"\d{4,}\s*!")
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _VARIABLE = re.compile(r"[A-Za-z]")
 _LARGE_EXPONENT = re.compile(r"\^\s*\{?\s*\d{5,}")
+# A factorial of a group over numbers only, such as `(10^{10})!`.
+_FACTORIAL_OF_GROUP = re.compile(r"[)}\]]\s*!")
+# Deepest bracket nesting of a final answer; real ones stay far below (`\frac{\sqrt{2}}{2}` is 2 deep).
+MAX_NESTING = 12
 
 
 def power_depth(answer: str) -> int:
@@ -67,17 +73,33 @@ def power_depth(answer: str) -> int:
     return deepest
 
 
+def nesting_depth(answer: str) -> int:
+    """Deepest nesting of `{}`, `()` and `[]` in `answer`."""
+    depth = deepest = 0
+    for char in answer:
+        if char in "{([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "})]":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
 def is_too_costly(answer: str) -> bool:
     """
-    Whether `answer` may ask sympy for an astronomically large number: nested exponents over numbers only
-    (`9^{9^{9}}`; `e^{x^2}` is fine), an exponent of five or more digits, or the factorial of a number of four or more
-    digits. Such answers score 0 unparsed; anything else costly is stopped by [`bounded_judge`]'s timeout.
+    Whether `answer` may ask sympy for an astronomically large number or a very deep parse: three levels of exponents,
+    two over numbers only (`9^{9^{9}}`; `e^{x^2}` is fine), an exponent of five or more digits, the factorial of a
+    number of four or more digits or of a group over numbers only, or brackets nested more than `MAX_NESTING` deep.
+    Such answers score 0 unparsed; anything else costly is stopped by [`bounded_judge`]'s timeout.
     """
     numbers_only = _VARIABLE.search(_LATEX_COMMAND.sub("", answer)) is None
+    depth = power_depth(answer)
     return (
-        (numbers_only and power_depth(answer) >= 2)
+        depth >= 3
+        or (numbers_only and (depth >= 2 or _FACTORIAL_OF_GROUP.search(answer) is not None))
         or _LARGE_EXPONENT.search(answer) is not None
         or _FACTORIAL_OF_LARGE_NUMBER.search(answer) is not None
+        or nesting_depth(answer) > MAX_NESTING
     )
 
 
@@ -134,7 +156,7 @@ class _Worker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "trl_diffusion.rewards.math_judge"],
+            [sys.executable, "-c", "from trl_diffusion.rewards.math_judge import serve; serve()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -173,6 +195,15 @@ _idle_workers: list[_Worker] = []
 _lock = threading.Lock()
 
 
+@atexit.register
+def _close_idle_workers() -> None:
+    with _lock:
+        workers = list(_idle_workers)
+        _idle_workers.clear()
+    for worker in workers:
+        worker.close()
+
+
 def _start_idle_worker() -> None:
     try:
         worker = _Worker()
@@ -185,11 +216,33 @@ def _start_idle_worker() -> None:
     worker.close()
 
 
+def _in_thread_timeout() -> int | None:
+    # math-verify's signal-based timeouts only work on the main thread; elsewhere it warns on every call without one
+    if threading.current_thread() is threading.main_thread():
+        return int(TIMEOUT_SECONDS)
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    return None
+
+
+def gold_is_parseable(gold: str) -> bool:
+    """Whether math-verify reads the gold answer (parsed in this process: gold answers are trusted data)."""
+    try:
+        return bool(_parse_gold(gold, _in_thread_timeout()))
+    except Exception as error:  # math-verify raises many types on text it cannot read
+        logger.warning("math-verify cannot parse the gold answer %r: %s", gold, error)
+        return False
+
+
 def bounded_judge(gold: str, predicted: str, timeout: float = TIMEOUT_SECONDS) -> bool | None:
     """
     [`judge`] in a worker subprocess, waiting at most `timeout` seconds (any thread): an answer that takes longer is
-    wrong. `None` when the gold answer cannot be parsed.
+    wrong. `None` when the gold answer cannot be parsed. Empty answers and answers [`is_too_costly`] rejects are
+    wrong without asking a worker.
     """
+    if not gold_is_parseable(gold):
+        return None
+    if not predicted or is_too_costly(predicted):
+        return False
     with _lock:
         worker = _idle_workers.pop() if _idle_workers else None
     try:
@@ -203,8 +256,8 @@ def bounded_judge(gold: str, predicted: str, timeout: float = TIMEOUT_SECONDS) -
     except (OSError, ValueError, RuntimeError) as error:  # the worker died: score this answer in this thread
         if worker is not None:
             worker.close()
-        logger.warning("The math-verify worker failed (%s); judging in this thread without a timeout.", error)
-        return judge(gold, predicted)
+        logger.warning("The math-verify worker failed (%s); judging in this thread.", error)
+        return judge(gold, predicted, _in_thread_timeout())
     with _lock:
         if len(_idle_workers) < MAX_IDLE_WORKERS:
             _idle_workers.append(worker)
@@ -214,24 +267,22 @@ def bounded_judge(gold: str, predicted: str, timeout: float = TIMEOUT_SECONDS) -
     return correct
 
 
-def _serve() -> None:
-    # Worker loop: one JSON request per line on stdin, one JSON reply per line on stdout; exits at end of input.
+def serve() -> None:
+    """Worker loop: one JSON request per line on stdin, one JSON reply per line on stdout; exits at end of input."""
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
     logger.setLevel(logging.CRITICAL)
     _extraction_config()
-    judge("1", "1", timeout=int(TIMEOUT_SECONDS))  # import and warm math-verify before reporting ready
+    # math-verify's own timeouts (this is the worker's main thread) end most slow cases before the caller gives up
+    own_timeout = max(1, int(TIMEOUT_SECONDS) // 2)
+    judge("1", "1", timeout=own_timeout)  # import and warm math-verify before reporting ready
     print("ready", flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            correct = judge(request["gold"], request["predicted"], timeout=int(TIMEOUT_SECONDS))
+            correct = judge(request["gold"], request["predicted"], timeout=own_timeout)
         except MemoryError:
             correct = False
         print(json.dumps({"correct": correct}), flush=True)
-
-
-if __name__ == "__main__":
-    _serve()

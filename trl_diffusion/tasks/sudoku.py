@@ -107,6 +107,7 @@ class SudokuTask(Task):
     def metrics(self):
         """d1-comparable cell accuracy (the headline number, as in d1's Table 1), then the strict one."""
         return {"cell_accuracy_d1": sudoku_d1_reward, "cell_accuracy_strict": sudoku_reward}
+
     # d1 evaluates on 256 Sudoku puzzles; the training size is this project's choice.
     default_sizes = {"train": 10_000, "test": 256}
 
