@@ -1,4 +1,5 @@
 import builtins
+import re
 import inspect
 from fractions import Fraction
 
@@ -14,6 +15,7 @@ from trl_diffusion.rewards import (
     gsm8k_reward,
     math_reward,
     strict_format_reward,
+    sudoku_d1_reward,
     sudoku_reward,
 )
 from trl_diffusion.rewards.countdown import InvalidExpression
@@ -249,3 +251,74 @@ def test_contract_grpo_trainer_calls_rewards_with_keywords():
     assert list(signature.parameters) == ["self", "inputs", "prompts", "completions", "completion_ids_list"]
     source = inspect.getsource(GRPOTrainer._calculate_rewards)
     assert "prompts=prompts, completions=completions, completion_ids=completion_ids_list, **reward_kwargs" in source
+
+
+def d1_sudoku_reference(generation: str, puzzle: str, solution: str) -> float:
+    # d1's rule written out plainly (eval/parse_and_get_acc.py, parse_sudoku_answers, of dllm-reasoning/d1), on a
+    # generation cut at its first end-of-sequence token (so "or the end of the text" ends the answer block too)
+    patterns = [
+        r"<answer>.*?```\s*([\d\s]+)```",
+        r"<answer>(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|</answer>|$)",
+        r"</answer>\s*(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|$)",
+        r".*?(\d{16})\s*</answer>",
+        r"\b(\d{16})\b",
+    ]
+    found = ""
+    for pattern in patterns:
+        if found:
+            break
+        match = re.search(pattern, generation, re.DOTALL)
+        if match and match.group(1).strip():
+            found = match.group(1).strip()
+    found = re.sub(r"\s", "", found)
+    empty = [i for i in range(16) if puzzle[i] == "0"]
+    if not found:
+        return 0.0
+    if len(found) < 16:
+        found = found + "0" * (16 - len(found))
+    elif len(found) > 16:
+        found = found[:16]
+    return sum(1 for i in empty if found[i] == solution[i]) / len(empty)
+
+
+D1_SUDOKU_CASES = {
+    "exact": wrap(SOLUTION),
+    "short": wrap(SOLUTION[:13]),  # padded with zeros: the last empty cells are wrong
+    "short, cells shifted": wrap(SOLUTION[:5] + SOLUTION[6:]),
+    "long": wrap(SOLUTION + "1234"),  # truncated to 16
+    "changed clue": wrap("4" + SOLUTION[1:]),  # d1 does not check clues
+    "spaced rows": wrap(" ".join(SOLUTION[i : i + 4] for i in range(0, 16, 4))),
+    "fenced": "<answer>\n```\n" + SOLUTION + "\n```\n</answer>",
+    "missing block": f"<reasoning>\nthe grid is {SOLUTION} done",
+    "after the block": f"<answer>\n</answer>\n{PUZZLE}",
+    "unclosed block": f"<answer>\n{SOLUTION[:8]}",
+    "non-digits": wrap("[" + SOLUTION + "]"),
+    "nothing": "<reasoning>\nno idea\n</reasoning>",
+}
+
+
+def test_sudoku_d1_metric_equals_d1_rule():
+    completions = list(D1_SUDOKU_CASES.values())
+    n = len(completions)
+    expected = [d1_sudoku_reference(c, PUZZLE, SOLUTION) for c in completions]
+    assert sudoku_d1_reward(prompts=None, completions=completions, puzzle=[PUZZLE] * n, solution=[SOLUTION] * n) == (
+        expected
+    )
+    scores = dict(zip(D1_SUDOKU_CASES, expected, strict=True))
+    assert scores["exact"] == scores["changed clue"] == scores["long"] == scores["fenced"] == 1.0
+    assert 0.0 < scores["short"] < 1.0 and scores["nothing"] == 0.0 and scores["after the block"] == 0.0
+    # the strict score gives 0 to every answer that is not exactly 16 digits keeping the clues
+    strict = sudoku_reward(prompts=None, completions=completions, puzzle=[PUZZLE] * n, solution=[SOLUTION] * n)
+    strict = dict(zip(D1_SUDOKU_CASES, strict, strict=True))
+    assert strict["exact"] == strict["spaced rows"] == 1.0
+    assert strict["short"] == strict["long"] == strict["changed clue"] == strict["missing block"] == 0.0
+
+
+def test_sudoku_task_reports_both_metrics_and_trains_on_the_strict_one():
+    from trl_diffusion.tasks import get_task
+
+    task = get_task("sudoku")
+    assert list(task.metrics) == ["cell_accuracy_d1", "cell_accuracy_strict"]
+    assert task.metrics["cell_accuracy_d1"] is sudoku_d1_reward
+    assert task.metrics["cell_accuracy_strict"] is sudoku_reward
+    assert task.reward_funcs == (sudoku_reward,)
