@@ -1,6 +1,6 @@
 import builtins
-import re
 import inspect
+import re
 from fractions import Fraction
 
 import pytest

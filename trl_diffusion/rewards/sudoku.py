@@ -82,7 +82,7 @@ D1_ANSWER_PATTERNS = (
 
 
 def extract_grid_d1(completion: str) -> str:
-    """The answer as d1 reads it: first non-empty pattern match, whitespace removed, padded/truncated to 16 ('' if none)."""
+    """The answer as d1 reads it: first non-empty match, whitespace removed, padded or cut to 16 ('' if none)."""
     answer = ""
     for pattern in D1_ANSWER_PATTERNS:
         match = pattern.search(completion)
@@ -96,7 +96,7 @@ def extract_grid_d1(completion: str) -> str:
 
 
 def sudoku_d1_score(completion: str, puzzle: str, solution: str) -> float:
-    """d1's cell accuracy of one answer: empty cells of `puzzle` whose character equals `solution`'s, over their count."""
+    """d1's cell accuracy: the empty cells of `puzzle` whose character equals `solution`'s, over their number."""
     puzzle, solution = _check_grids(puzzle, solution)
     empty = [i for i in range(CELLS) if puzzle[i] == "0"]
     grid = extract_grid_d1(completion)
