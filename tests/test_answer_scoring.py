@@ -161,3 +161,15 @@ def test_a_judgement_over_its_time_budget_is_stopped():
     assert time.perf_counter() - start < 3.0
     assert bounded_judge(r"\frac{1}{2}", "0.5") is True  # a new worker takes over
     assert bounded_judge("", "1") is None  # an unparseable gold answer is still reported as such
+
+
+def test_a_worker_ended_from_outside_is_replaced():
+    psutil = pytest.importorskip("psutil")
+
+    assert bounded_judge("3", "3") is True
+    workers = [p for p in psutil.Process().children() if "math_judge import serve" in " ".join(p.cmdline())]
+    assert workers
+    for worker in workers:
+        worker.kill()  # as the out-of-memory killer would
+        worker.wait(10)
+    assert bounded_judge(r"\frac{1}{2}", "0.5") is True

@@ -164,16 +164,23 @@ class _Worker:
             text=True,
             bufsize=1,
         )
-        if self._read_line(STARTUP_TIMEOUT_SECONDS) != "ready":
+        try:
+            ready = self._read_line(STARTUP_TIMEOUT_SECONDS)
+        except RuntimeError:
+            ready = None
+        if ready != "ready":
             self.close()
             raise RuntimeError("the math-verify worker process did not start")
 
     def _read_line(self, timeout: float) -> str | None:
+        # one line from the worker; None after `timeout` seconds; RuntimeError when the worker has exited
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
         if not ready:
             return None
         line = self.process.stdout.readline()
-        return line.strip() if line else None
+        if not line:
+            raise RuntimeError(f"the worker exited with code {self.process.wait()}")
+        return line.strip()
 
     def ask(self, gold: str, predicted: str, timeout: float) -> bool | None:
         """The worker's judgement; raises `TimeoutError` (and ends the worker) when it takes over `timeout` s."""
@@ -201,6 +208,16 @@ def _close_idle_workers() -> None:
         workers = list(_idle_workers)
         _idle_workers.clear()
     for worker in workers:
+        worker.close()
+
+
+def _take_idle_worker() -> "_Worker | None":
+    # an idle worker that is still running (one may have been ended from outside since its last use), or None
+    while True:
+        with _lock:
+            worker = _idle_workers.pop() if _idle_workers else None
+        if worker is None or worker.process.poll() is None:
+            return worker
         worker.close()
 
 
@@ -243,21 +260,27 @@ def bounded_judge(gold: str, predicted: str, timeout: float = TIMEOUT_SECONDS) -
         return None
     if not predicted or is_too_costly(predicted):
         return False
-    with _lock:
-        worker = _idle_workers.pop() if _idle_workers else None
+    worker = _take_idle_worker()
+    if worker is None:
+        try:
+            worker = _Worker()
+        except (OSError, RuntimeError) as error:  # no subprocess here: judge in this thread, as bounded as it can be
+            logger.warning("Cannot start a math-verify worker process (%s); judging in this thread.", error)
+            return judge(gold, predicted, _in_thread_timeout())
     try:
-        worker = worker or _Worker()
         correct = worker.ask(gold, predicted, timeout)
     except TimeoutError:
         logger.warning("Scoring the answer %r took over %s s; it is scored as wrong.", predicted[:80], timeout)
         # replace the killed worker in the background, so that the next caller does not wait for its start
         threading.Thread(target=_start_idle_worker, daemon=True).start()
         return False
-    except (OSError, ValueError, RuntimeError) as error:  # the worker died: score this answer in this thread
-        if worker is not None:
-            worker.close()
-        logger.warning("The math-verify worker failed (%s); judging in this thread.", error)
-        return judge(gold, predicted, _in_thread_timeout())
+    except (OSError, ValueError, RuntimeError) as error:  # the worker ended on this answer
+        worker.close()
+        logger.warning(
+            "The math-verify worker ended on the answer %r (%s); it is scored as wrong.", predicted[:80], error
+        )
+        threading.Thread(target=_start_idle_worker, daemon=True).start()
+        return False
     with _lock:
         if len(_idle_workers) < MAX_IDLE_WORKERS:
             _idle_workers.append(worker)
