@@ -135,7 +135,11 @@ PATHOLOGICAL = [
 
 
 def test_reward_returns_within_bounded_time_off_the_main_thread():
-    math_reward(prompts=None, completions=[REASONING + "<answer>\\boxed{3}</answer>"], answer=["3"])  # start a worker
+    def warm(_):  # start one judging worker per thread of the pool (a start is not part of an answer's cost)
+        return math_reward(prompts=None, completions=[REASONING + "<answer>\\boxed{3}</answer>"], answer=["3"])
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        assert list(pool.map(warm, range(3))) == [[1.0]] * 3
 
     def score(answer):
         start = time.perf_counter()
