@@ -11,6 +11,8 @@ Grids are 16-character strings read row by row, `0` for an empty cell.
   match of d1's patterns (a fenced digit block in the answer block, the answer block, the text after `</answer>`, 16
   digits before `</answer>`, any 16 digits), whitespace removed, padded with `0` or truncated to 16 characters; the
   score is the fraction of the puzzle's empty cells whose character equals the solution's. Clues are not checked.
+  d1 pools the cells of the whole test set (correct cells over empty cells); the mean of this per-puzzle score is the
+  same number when every puzzle has the same number of empty cells, as in the generated test sets.
 """
 
 import re
