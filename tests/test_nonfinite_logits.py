@@ -70,7 +70,9 @@ def test_logits_turning_nan_later_name_that_block_and_step(tok, sampler):
 
 def test_infinite_logits_raise(tok):
     model = tiny_standin_model(tok, num_layers=1).eval()
-    model.lm_head.register_forward_hook(lambda module, args, output: output.index_fill(-1, torch.tensor([7]), float("inf")))
+    model.lm_head.register_forward_hook(
+        lambda module, args, output: output.index_fill(-1, torch.tensor([7]), float("inf"))
+    )
     ids, mask = _prompts(tok)
     with pytest.raises(NonFiniteLogitsError, match="an infinite value at block 0, step 0"):
         generate(model, ids, mask, _config())
