@@ -508,3 +508,31 @@ def test_native_llada_and_dream(tmp_path, tokenizer, kind, peft):
     first, loss = trainer.trace["scoring"][0], trainer.trace["loss"][0]
     assert torch.equal(first["logps"], loss["old_per_token_logps"][:, 0])
     assert first_logged(trainer, "kl") == 0.0
+
+
+# --- evaluation ---
+
+
+def test_evaluation_is_repeatable_and_leaves_training_rollouts_alone(tmp_path, standin_model_path):
+    # sampled rollouts (temperature 0.9) and random prompt masks: only the seeds make two evaluations agree
+    config = make_config(tmp_path, max_steps=2, per_device_eval_batch_size=4, eval_strategy="no")
+    dataset = prompts_dataset()
+    trainer = TracedTrainer(
+        standin_model_path, reward_char_sum, args=config, train_dataset=dataset, eval_dataset=dataset
+    )
+    varying = ("runtime", "samples_per_second", "steps_per_second")
+    drop = lambda metrics: {k: v for k, v in metrics.items() if not k.endswith(varying)}  # noqa: E731
+    first, second = drop(trainer.evaluate()), drop(trainer.evaluate())
+    assert first == second and "eval_reward" in first
+    batches = [g["completion_ids"] for g in trainer.trace["generation"]]
+    half = len(batches) // 2  # batches of the first evaluation, then of the second
+    assert half > 1 and all(torch.equal(a, b) for a, b in zip(batches[:half], batches[half:], strict=True))
+    assert not torch.equal(batches[0], batches[1])  # a trace of distinct batches
+    # training after two evaluations draws what training without them draws
+    trainer.trace["generation"].clear()
+    trainer.train()
+    fresh = TracedTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=dataset)
+    fresh.train()
+    for evaluated, plain in zip(trainer.trace["generation"], fresh.trace["generation"], strict=True):
+        assert torch.equal(evaluated["completion_ids"], plain["completion_ids"])
+        assert torch.equal(evaluated["mask_seeds"], plain["mask_seeds"])

@@ -49,7 +49,9 @@ class DiffuGRPOTrainer(GRPOTrainer):
     - Generation (`_generate_single_turn`): completions come from [`rollout`], which runs the masked diffusion
       sampler (`trl_diffusion.sampling.generate`) inside TRL's own context managers (unwrapping for ZeRO-3, no-grad,
       full-parameter summoning). Rollout randomness comes from a generator seeded from the config seed, the step and
-      the rank: no global RNG is touched.
+      the rank: no global RNG is touched. Evaluation rollouts and masks have their own stream, seeded from the
+      config seed, the global step and the index of the batch in the evaluation, so an evaluation at a given step
+      always gives the same metrics and never moves the training stream.
     - Scoring (`_get_per_token_logps_and_entropies`): d1's one-step estimate (or another estimator of
       `trl_diffusion.likelihood.LOGP_ESTIMATORS`), with a prompt mask drawn from a seed carried by each row.
     - Each generation batch carries `mask_seeds` of shape (B, num_iterations) (one column without
@@ -250,6 +252,12 @@ class DiffuGRPOTrainer(GRPOTrainer):
         is_eos = torch.isin(completion_ids, eos_ids)  # (B, L)
         lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, completion_ids.size(1))  # (B,)
         return [row[:n].tolist() for row, n in zip(completion_ids.cpu(), lengths.tolist(), strict=True)], None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, **kwargs):
+        # Evaluation batches are numbered from 0 in every evaluation: the rollouts and masks of an evaluation are a
+        # function of (seed, global step, eval data) only, so repeated evaluations at a step give the same metrics.
+        self._eval_generations = 0
+        return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, **kwargs)
 
     def _generate_and_score_completions(self, inputs):
         """TRL's generation and scoring, with per-row mask seeds (B, n) attached and used for every scoring pass."""
