@@ -536,3 +536,36 @@ def test_evaluation_is_repeatable_and_leaves_training_rollouts_alone(tmp_path, s
     for evaluated, plain in zip(trainer.trace["generation"], fresh.trace["generation"], strict=True):
         assert torch.equal(evaluated["completion_ids"], plain["completion_ids"])
         assert torch.equal(evaluated["mask_seeds"], plain["mask_seeds"])
+
+
+def test_empty_generation_kwargs_accepted_as_a_no_op(tmp_path):
+    for empty in ({}, "{}"):
+        config = DiffuGRPOConfig(str(tmp_path), bf16=False, generation_kwargs=empty)
+        assert not config.generation_kwargs
+    with pytest.raises(ValueError, match="generation_kwargs"):
+        DiffuGRPOConfig(str(tmp_path), bf16=False, generation_kwargs={"do_sample": True})
+
+
+def test_block_length_message_names_the_default_and_the_fix(tmp_path):
+    with pytest.raises(ValueError) as error:
+        DiffuGRPOConfig(str(tmp_path), bf16=False, max_completion_length=48)
+    message = str(error.value)
+    assert "`block_length` (32, the default" in message and "not set" in message
+    assert "e.g. 16" in message and "multiple of 32" in message
+    with pytest.raises(ValueError) as error:  # set by the user: no claim about a default
+        DiffuGRPOConfig(str(tmp_path), bf16=False, max_completion_length=48, block_length=32)
+    assert "`block_length` (32)" in str(error.value)
+
+
+def test_dataset_without_prompt_column_refused_before_loading(tmp_path, standin_model_path, no_model_loading):
+    questions = Dataset.from_dict({"question": ["1 plus 2", "2 plus 3"]})
+    with pytest.raises(ValueError, match=r"`train_dataset` has no `prompt` column .*\['question'\].*rename_column"):
+        DiffuGRPOTrainer(standin_model_path, reward_char_sum, args=make_config(tmp_path), train_dataset=questions)
+    with pytest.raises(ValueError, match=r"`eval_dataset\['held_out'\]` has no `prompt` column"):
+        DiffuGRPOTrainer(
+            standin_model_path,
+            reward_char_sum,
+            args=make_config(tmp_path),
+            train_dataset=prompts_dataset(),
+            eval_dataset={"held_out": questions},
+        )

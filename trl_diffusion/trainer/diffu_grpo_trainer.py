@@ -39,6 +39,21 @@ _DEDICATED_FIELDS = {
 _ROLLOUT_STREAM, _TRAIN_STREAM, _EVAL_STREAM = 1, 2, 3
 
 
+def check_prompt_column(dataset, name: str) -> None:
+    """Raise a `ValueError` when `dataset` (or one dataset of a dict of them) has column names but no `prompt`."""
+    if isinstance(dataset, dict):
+        for key, value in dataset.items():
+            check_prompt_column(value, f"{name}[{key!r}]")
+        return
+    columns = getattr(dataset, "column_names", None)  # None for an IterableDataset of unknown features
+    if columns is not None and "prompt" not in columns:
+        raise ValueError(
+            f"`{name}` has no `prompt` column (its columns: {list(columns)}): GRPO generates a completion for each "
+            "row's `prompt` (a string, or a list of chat messages) and passes the other columns to the reward "
+            "functions. Rename the column holding the prompts, e.g. `dataset.rename_column('question', 'prompt')`."
+        )
+
+
 class DiffuGRPOTrainer(GRPOTrainer):
     """
     [`~trl.GRPOTrainer`] for masked diffusion language models (LLaDA, Dream): diffu-GRPO from d1
@@ -126,6 +141,8 @@ class DiffuGRPOTrainer(GRPOTrainer):
                 "Vision-language processors (`processing_class` is a ProcessorMixin) are not supported: the "
                 "diffusion sampler and estimator are text-only. Pass the text tokenizer instead."
             )
+        check_prompt_column(train_dataset, "train_dataset")
+        check_prompt_column(eval_dataset, "eval_dataset")
         if processing_class is None:  # a tokenizer, never a multimodal processor
             processing_class = AutoTokenizer.from_pretrained(
                 model_id, padding_side="left", truncation_side="left", trust_remote_code=args.trust_remote_code
