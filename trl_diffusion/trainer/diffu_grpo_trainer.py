@@ -15,6 +15,7 @@ from trl_diffusion.likelihood import LOGP_ESTIMATORS, derive_mask_seeds, derive_
 from trl_diffusion.models.spec import get_model_spec, require_mask_token_id
 from trl_diffusion.sampling import DiffusionGenerationConfig, generate
 from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig, check_supported_options
+from trl_diffusion.trainer.peft_support import check_peft_adapters
 
 
 # The scored sequence is left-padded to a multiple of this length so that a row's log-probs do not depend, even in
@@ -81,7 +82,9 @@ class DiffuGRPOTrainer(GRPOTrainer):
     batches, logging, model cards, checkpoints, accelerate / DeepSpeed integration.
 
     Refused before TRL's initialisation (a `ValueError` says what to use instead): vLLM, continuous batching and
-    other autoregressive decoding options, tools and environments, vision-language processors, Liger kernels.
+    other autoregressive decoding options, tools and environments, vision-language processors, Liger kernels, PEFT
+    prompt learning with virtual tokens (prompt tuning, P-tuning; prefix tuning and LoRA work), a dataset without
+    a `prompt` column.
     """
 
     _tag_names = ["trl", "grpo", "trl-diffusion", "diffu-grpo"]
@@ -141,6 +144,7 @@ class DiffuGRPOTrainer(GRPOTrainer):
                 "Vision-language processors (`processing_class` is a ProcessorMixin) are not supported: the "
                 "diffusion sampler and estimator are text-only. Pass the text tokenizer instead."
             )
+        check_peft_adapters(model, peft_config, "DiffuGRPOTrainer")
         check_prompt_column(train_dataset, "train_dataset")
         check_prompt_column(eval_dataset, "eval_dataset")
         if processing_class is None:  # a tokenizer, never a multimodal processor

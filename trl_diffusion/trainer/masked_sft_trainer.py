@@ -6,13 +6,15 @@ from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
+from transformers import TrainingArguments
 from transformers.utils import logging
-from trl import SFTTrainer
+from trl import SFTConfig, SFTTrainer
 from trl.data_utils import get_dataset_column_names, is_conversational_from_value, maybe_convert_to_chatml
 
 from trl_diffusion.masking import mask_response_tokens, sample_mask_ratios
 from trl_diffusion.models.spec import get_model_spec, require_mask_token_id
 from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig
+from trl_diffusion.trainer.peft_support import check_peft_adapters
 
 
 logger = logging.get_logger(__name__)
@@ -147,6 +149,40 @@ def split_last_assistant_turn(dataset: Dataset | IterableDataset) -> Dataset | I
     return dataset.map(split, remove_columns=["messages"])
 
 
+# What an evaluation of MaskedSFTTrainer reports (each as `eval_<name>`): Trainer's loss and speed metrics, then the
+# masked metrics of `MaskedSFTTrainer._log_masked_metrics`.
+EVAL_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
+MASKED_METRICS = ("masked_token_accuracy", "entropy", "mask_ratio", "num_tokens")
+# TRL SFTTrainer metrics with a masked counterpart here
+TRL_METRIC_COUNTERPARTS = {"mean_token_accuracy": "masked_token_accuracy"}
+
+
+def check_metric_for_best_model(args, eval_dataset) -> None:
+    """
+    Raise a `ValueError` at construction when `args.metric_for_best_model` is not a metric an evaluation logs, rather
+    than a `KeyError` at the first evaluation, after training has started.
+    """
+    metric = args.metric_for_best_model
+    if metric is None:
+        return
+    name = metric[len("eval_") :] if metric.startswith("eval_") else metric
+    known = [*EVAL_METRICS, *MASKED_METRICS]
+    if isinstance(eval_dataset, dict):  # Trainer prefixes each dataset's loss and speed metrics with its name
+        known += [f"{key}_{m}" for key in eval_dataset for m in EVAL_METRICS]
+    if name in known:
+        return
+    hint = ""
+    if name in TRL_METRIC_COUNTERPARTS:
+        hint = (
+            f" TRL's `{name}` is a causal next-token metric; the masked diffusion counterpart is "
+            f"`eval_{TRL_METRIC_COUNTERPARTS[name]}` (over the masked response positions)."
+        )
+    raise ValueError(
+        f"`metric_for_best_model={metric!r}` is not a metric MaskedSFTTrainer logs at evaluation.{hint} Choose one "
+        f"of {[f'eval_{m}' for m in known]}."
+    )
+
+
 class MaskedSFTTrainer(SFTTrainer):
     r"""
     Masked diffusion SFT (LLaDA, arXiv 2502.09992, SFT section; the first stage of d1, arXiv 2504.12216).
@@ -204,10 +240,17 @@ class MaskedSFTTrainer(SFTTrainer):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = MaskedSFTConfig(f"{str(name).rstrip('/').split('/')[-1] or 'model'}-MaskedSFT")
+        elif isinstance(args, TrainingArguments) and not isinstance(args, SFTConfig):
+            # like SFTTrainer: plain `TrainingArguments` become the trainer's config, field by field
+            values = args.to_dict()
+            values["hub_token"] = args.hub_token  # `to_dict` hides it
+            args = MaskedSFTConfig(**values)
         elif not isinstance(args, MaskedSFTConfig):
             raise TypeError(
                 f"`args` must be a MaskedSFTConfig (got {type(args).__name__}): it carries the masked diffusion "
-                "options and refuses options (packing, padding_free, dft, liger) that cannot work."
+                "options and refuses options (packing, padding_free, dft, liger) that cannot work. Build it with "
+                "the same fields: `MaskedSFTConfig(**your_sft_config.to_dict())`, or replace `SFTConfig(` by "
+                "`MaskedSFTConfig(` (plain `TrainingArguments` are converted, as SFTTrainer does)."
             )
         # Checked before the model is loaded by SFTTrainer.__init__.
         for name in ("compute_loss_func", "compute_metrics", "preprocess_logits_for_metrics"):
@@ -221,6 +264,8 @@ class MaskedSFTTrainer(SFTTrainer):
                 "`router_aux_loss_coef` is not supported by MaskedSFTTrainer (no mixture-of-experts auxiliary loss "
                 "is added to the masked diffusion loss). Set it to None or 0.0."
             )
+        check_peft_adapters(model, kwargs.get("peft_config"), "MaskedSFTTrainer")
+        check_metric_for_best_model(args, eval_dataset)
         if train_dataset is not None:  # before SFTTrainer reads its first example to pick the dataset type
             train_dataset = split_last_assistant_turn(train_dataset)
         super().__init__(
