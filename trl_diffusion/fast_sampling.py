@@ -300,7 +300,9 @@ def active_rows(block_masks: torch.Tensor, refresh: bool) -> torch.Tensor | None
     return rows if rows.numel() > 0 else rows.new_zeros(1)
 
 
-def parallel_step(x_block, logits, columns, valid, k: int, mask_token_id: int, config, generator):
+def parallel_step(
+    x_block, logits, columns, valid, k: int, mask_token_id: int, config, generator, block=None, step=None
+):
     """
     One step of confidence-aware parallel decoding on the current block: proposals and confidences at the masked
     columns (`logits` (B, n, V) for `columns` (B, n), `valid` marking real masked entries; the exact sampler's
@@ -309,7 +311,7 @@ def parallel_step(x_block, logits, columns, valid, k: int, mask_token_id: int, c
     """
     from trl_diffusion.sampling import _propose
 
-    x0, confidence = _propose(logits, mask_token_id, config, generator)  # (B, n) each
+    x0, confidence = _propose(logits, mask_token_id, config, generator, block, step)  # (B, n) each
     confidence = torch.where(valid, confidence, torch.full_like(confidence, -math.inf))
     chosen = select_parallel(confidence, valid.sum(-1), max(1, k), config.threshold, config.factor)  # (B, n)
     transfer_index = torch.zeros_like(x_block, dtype=torch.bool).scatter(1, columns, chosen)  # (B, Lb)
@@ -381,7 +383,7 @@ def fast_denoise(
             if config.parallel_decoding:
                 row_block = x_block if rows is None else x_block[rows]
                 new_rows, row_transfer = parallel_step(
-                    row_block, logits, columns, valid, k, mask_token_id, config, generator
+                    row_block, logits, columns, valid, k, mask_token_id, config, generator, block, step
                 )
                 new_block, transfer_index = new_rows, row_transfer
                 if rows is not None:  # rows without masks are unchanged
@@ -389,7 +391,7 @@ def fast_denoise(
                     new_block[rows], transfer_index[rows] = new_rows, row_transfer
             else:
                 new_block, transfer_index = _denoise_step(
-                    x_block, logits, columns, k, mask_token_id, config, generator
+                    x_block, logits, columns, k, mask_token_id, config, generator, block, step
                 )
             x[:, start:end] = new_block
             if un_x is not None:

@@ -44,6 +44,7 @@ import torch
 
 from trl_diffusion.models.bidirectional import position_ids_from_mask
 from trl_diffusion.models.spec import get_model_spec, require_mask_token_id
+from trl_diffusion.nonfinite import check_finite_logits
 
 
 _REMASKING = ("low_confidence", "random")
@@ -437,7 +438,7 @@ def _uniform(shape, generator: torch.Generator, device: torch.device) -> torch.T
 
 
 def _propose(
-    logits: torch.Tensor, mask_token_id: int, config: DiffusionGenerationConfig, generator
+    logits: torch.Tensor, mask_token_id: int, config: DiffusionGenerationConfig, generator, block=None, step=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Proposals `x0` `(B, n)` and their confidences `(B, n)` for the `n` masked positions of the block. The `logits`
@@ -454,12 +455,14 @@ def _propose(
     `low_confidence` confidence is the softmax probability of the proposal under the un-noised logits, as in the
     reference, computed by torch's fused float32 softmax written over the logits (~1e-7 relative) instead of a
     float64 softmax over the vocabulary, which costs about 4x more. The maximum and its first index come from
-    [`max_and_argmax`].
+    [`max_and_argmax`]; logits holding NaN or an infinity raise
+    [`~trl_diffusion.nonfinite.NonFiniteLogitsError`] naming `block` and `step`.
     """
     device = logits.device
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # (B, n, V); overwritten below, like the model's output
-    x0 = max_and_argmax(logits)[1]  # (B, n): the first index of the maximum, as `argmax`
+    maximum, x0 = max_and_argmax(logits)  # (B, n) each: x0 is the first index of the maximum, as `argmax`
+    check_finite_logits(maximum, block, step)  # NaN anywhere in a row makes its maximum NaN
     if config.temperature > 0:
         gumbel = _uniform(logits.shape, generator, device)  # (B, n, V) float64 u
         gumbel.log_().neg_().log_().mul_(-config.temperature).add_(logits)  # logits - T * log(-log u)
@@ -483,7 +486,7 @@ def _propose(
 
 def _denoise_step(
     x_block: torch.Tensor, logits: torch.Tensor, masked_columns: torch.Tensor, k: int, mask_token_id: int, config,
-    generator,
+    generator, block=None, step=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """
     One reverse step on the current block: propose at the masked positions, unmask the `k` most confident per row.
@@ -492,7 +495,7 @@ def _denoise_step(
     block). Positions that are not masked have confidence `-inf` in the reference, so ranking the masked ones only
     selects the same top `k`. Returns the new block `(B, Lb)` and the boolean transfer index `(B, Lb)`.
     """
-    x0, confidence = _propose(logits, mask_token_id, config, generator)  # (B, n), (B, n)
+    x0, confidence = _propose(logits, mask_token_id, config, generator, block, step)  # (B, n), (B, n)
     transfer_index = torch.zeros_like(x_block, dtype=torch.bool)
     if k > 0:
         top = confidence.topk(k, dim=-1).indices  # (B, k) indices into the n masked columns
@@ -561,6 +564,10 @@ def generate(
         `torch.LongTensor` `(B, P + gen_length)`: the prompts unchanged followed by the answers (no mask left).
         Exactly `config.forward_passes` model calls are made, whatever the data (at most that many with
         `threshold` / `factor`, see `early_stop`).
+
+    Raises:
+        [`~trl_diffusion.nonfinite.NonFiniteLogitsError`]: as soon as the logits of a step hold NaN or an infinity
+            (broken weights), naming the block and step.
     """
     config = config if config is not None else DiffusionGenerationConfig()
     if overrides:
@@ -645,7 +652,7 @@ def generate(
                     un_logits = forward(un_x, columns, slot=1)
                     logits = un_logits + (config.cfg_scale + 1) * (logits - un_logits)
                 new_block, transfer_index = _denoise_step(
-                    x_block, logits, masked_columns, k, mask_token_id, config, generator
+                    x_block, logits, masked_columns, k, mask_token_id, config, generator, block, step
                 )
                 x[:, start:end] = new_block
                 if config.cfg_scale > 0:

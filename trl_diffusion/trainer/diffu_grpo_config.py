@@ -32,6 +32,8 @@ def check_supported_options(args) -> None:
             raise ValueError(f"`{name}=True` is not supported for masked diffusion models: {advice}")
     for name, neutral in NEUTRAL_SAMPLING_OPTIONS.items():
         value = getattr(args, name, neutral)
+        if name == "generation_kwargs" and value in ({}, "", "{}"):
+            continue  # an empty dict (common in YAML recipes) sets nothing
         if value != neutral and not (name == "top_k" and value is None):
             raise ValueError(
                 f"`{name}={value!r}` is an autoregressive sampling option that the masked diffusion sampler does not "
@@ -217,12 +219,18 @@ class DiffuGRPOConfig(GRPOConfig):
                 "`max_completion_length` must be a positive integer: a masked diffusion model generates a fixed "
                 f"number of tokens (d1 uses 256). Got {self.max_completion_length!r}."
             )
+        chosen = ""
         if self.block_length is None:
             self.block_length = min(32, self.max_completion_length)
+            chosen = ", the default chosen because `block_length` was not set (LLaDA / d1 decode in blocks of 32)"
         if self.block_length <= 0 or self.max_completion_length % self.block_length != 0:
+            divisors = [d for d in (4, 8, 16, 32, 64) if self.max_completion_length % d == 0]
             raise ValueError(
                 f"`max_completion_length` ({self.max_completion_length}) must be a positive multiple of "
-                f"`block_length` ({self.block_length}); e.g. set `block_length` to a divisor of it."
+                f"`block_length` ({self.block_length}{chosen}). Set `block_length` to a divisor of "
+                f"{self.max_completion_length} (e.g. {divisors[-1] if divisors else self.max_completion_length}, or "
+                f"{self.max_completion_length} for a single block), or `max_completion_length` to a multiple of "
+                f"{self.block_length}."
             )
         if self.diffusion_steps is None:
             self.diffusion_steps = max(1, self.max_completion_length // 2)

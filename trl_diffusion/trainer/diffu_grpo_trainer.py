@@ -16,6 +16,7 @@ from trl_diffusion.likelihood import ESTIMATOR_OPTIONS, LOGP_ESTIMATORS, derive_
 from trl_diffusion.models.spec import get_model_spec, require_mask_token_id
 from trl_diffusion.sampling import DiffusionGenerationConfig, generate
 from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig, check_supported_options
+from trl_diffusion.trainer.peft_support import check_peft_adapters
 
 
 # The scored sequence is left-padded to a multiple of this length so that a row's log-probs do not depend, even in
@@ -40,6 +41,21 @@ _DEDICATED_FIELDS = {
 _ROLLOUT_STREAM, _TRAIN_STREAM, _EVAL_STREAM = 1, 2, 3
 
 
+def check_prompt_column(dataset, name: str) -> None:
+    """Raise a `ValueError` when `dataset` (or one dataset of a dict of them) has column names but no `prompt`."""
+    if isinstance(dataset, dict):
+        for key, value in dataset.items():
+            check_prompt_column(value, f"{name}[{key!r}]")
+        return
+    columns = getattr(dataset, "column_names", None)  # None for an IterableDataset of unknown features
+    if columns is not None and "prompt" not in columns:
+        raise ValueError(
+            f"`{name}` has no `prompt` column (its columns: {list(columns)}): GRPO generates a completion for each "
+            "row's `prompt` (a string, or a list of chat messages) and passes the other columns to the reward "
+            "functions. Rename the column holding the prompts, e.g. `dataset.rename_column('question', 'prompt')`."
+        )
+
+
 class DiffuGRPOTrainer(GRPOTrainer):
     """
     [`~trl.GRPOTrainer`] for masked diffusion language models (LLaDA, Dream): diffu-GRPO from d1
@@ -50,7 +66,9 @@ class DiffuGRPOTrainer(GRPOTrainer):
     - Generation (`_generate_single_turn`): completions come from [`rollout`], which runs the masked diffusion
       sampler (`trl_diffusion.sampling.generate`) inside TRL's own context managers (unwrapping for ZeRO-3, no-grad,
       full-parameter summoning). Rollout randomness comes from a generator seeded from the config seed, the step and
-      the rank: no global RNG is touched.
+      the rank: no global RNG is touched. Evaluation rollouts and masks have their own stream, seeded from the
+      config seed, the global step and the index of the batch in the evaluation, so an evaluation at a given step
+      always gives the same metrics and never moves the training stream.
     - Scoring (`_get_per_token_logps_and_entropies`): d1's one-step estimate (or another estimator of
       `trl_diffusion.likelihood.LOGP_ESTIMATORS`, chosen by `likelihood_estimator`), with its masks drawn from a
       seed carried by each row.
@@ -66,7 +84,9 @@ class DiffuGRPOTrainer(GRPOTrainer):
     batches, logging, model cards, checkpoints, accelerate / DeepSpeed integration.
 
     Refused before TRL's initialisation (a `ValueError` says what to use instead): vLLM, continuous batching and
-    other autoregressive decoding options, tools and environments, vision-language processors, Liger kernels.
+    other autoregressive decoding options, tools and environments, vision-language processors, Liger kernels, PEFT
+    prompt learning with virtual tokens (prompt tuning, P-tuning; prefix tuning and LoRA work), a dataset without
+    a `prompt` column.
     """
 
     _tag_names = ["trl", "grpo", "trl-diffusion", "diffu-grpo"]
@@ -126,6 +146,9 @@ class DiffuGRPOTrainer(GRPOTrainer):
                 "Vision-language processors (`processing_class` is a ProcessorMixin) are not supported: the "
                 "diffusion sampler and estimator are text-only. Pass the text tokenizer instead."
             )
+        check_peft_adapters(model, peft_config, "DiffuGRPOTrainer")
+        check_prompt_column(train_dataset, "train_dataset")
+        check_prompt_column(eval_dataset, "eval_dataset")
         if processing_class is None:  # a tokenizer, never a multimodal processor
             processing_class = AutoTokenizer.from_pretrained(
                 model_id, padding_side="left", truncation_side="left", trust_remote_code=args.trust_remote_code
@@ -254,6 +277,12 @@ class DiffuGRPOTrainer(GRPOTrainer):
         is_eos = torch.isin(completion_ids, eos_ids)  # (B, L)
         lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, completion_ids.size(1))  # (B,)
         return [row[:n].tolist() for row, n in zip(completion_ids.cpu(), lengths.tolist(), strict=True)], None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, **kwargs):
+        # Evaluation batches are numbered from 0 in every evaluation: the rollouts and masks of an evaluation are a
+        # function of (seed, global step, eval data) only, so repeated evaluations at a step give the same metrics.
+        self._eval_generations = 0
+        return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, **kwargs)
 
     def _generate_and_score_completions(self, inputs):
         """TRL's generation and scoring, with per-row mask seeds (B, n) attached and used for every scoring pass."""
