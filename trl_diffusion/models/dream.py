@@ -16,6 +16,7 @@ from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 from transformers.modeling_utils import slice_logits_to_keep
 
 from trl_diffusion.models.bidirectional import BidirectionalAttentionMixin, RMSNorm, bidirectional_backbone_forward
+from trl_diffusion.models.checkpoint_layout import NativeStateDictMixin
 from trl_diffusion.models.generation import DiffusionGenerateMixin
 
 
@@ -170,8 +171,13 @@ class DreamDecoderLayer(GradientCheckpointingLayer):
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
-class DreamPreTrainedModel(PreTrainedModel):
+class DreamPreTrainedModel(NativeStateDictMixin, PreTrainedModel):
     config_class = DreamConfig
+    checkpoint_layout = (
+        "the official Dream layout, Qwen2's (`model.embed_tokens`, `model.layers.N.self_attn.{q,k,v,o}_proj`, "
+        "`model.layers.N.mlp.{gate,up,down}_proj`, `model.layers.N.{input,post_attention}_layernorm`, `model.norm`, "
+        "`lm_head`)"
+    )
     config: DreamConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True

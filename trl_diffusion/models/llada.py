@@ -8,7 +8,8 @@ bidirectional. Unlike the official code, a padding `attention_mask` is honoured 
 only; without padding the two compute the same function.
 
 Module layout versus the official checkpoint (renamed on load and back on save by transformers' conversion mapping,
-registered in `trl_diffusion.models`):
+registered in `trl_diffusion.models`; `load_state_dict` also accepts the official keys, see
+[`~trl_diffusion.models.checkpoint_layout.NativeStateDictMixin`]):
 
 | official key                           | native key                 |
 |----------------------------------------|----------------------------|
@@ -21,6 +22,8 @@ Block leaves keep their official names (`attn_norm, q_proj, k_proj, v_proj, attn
 ff_out`), so LoRA target modules written for the official model apply unchanged; the head is renamed `lm_head` so
 that targeting `ff_out` hits the blocks' down projections only.
 """
+
+import re
 
 import torch
 from torch import nn
@@ -35,16 +38,34 @@ from trl_diffusion.models.bidirectional import (
     RMSNorm,
     bidirectional_backbone_forward,
 )
+from trl_diffusion.models.checkpoint_layout import NativeStateDictMixin
 from trl_diffusion.models.generation import DiffusionGenerateMixin
 
 
-# Official -> native key renames, applied by transformers when loading (and reversed when saving).
+# Official -> native key prefixes of `LLaDAForMaskedDiffusion`.
+LLADA_OFFICIAL_KEY_RENAMES = (
+    ("model.transformer.ff_out.", "lm_head."),
+    ("model.transformer.wte.", "model.embed_tokens."),
+    ("model.transformer.blocks.", "model.layers."),
+    ("model.transformer.ln_f.", "model.norm."),
+)
+# The same renames applied by transformers when loading with `from_pretrained` (and reversed when saving).
 LLADA_CHECKPOINT_CONVERSION = [
-    WeightRenaming(r"^model\.transformer\.ff_out\.", "lm_head."),
-    WeightRenaming(r"^model\.transformer\.wte\.", "model.embed_tokens."),
-    WeightRenaming(r"^model\.transformer\.blocks\.", "model.layers."),
-    WeightRenaming(r"^model\.transformer\.ln_f\.", "model.norm."),
+    WeightRenaming("^" + re.escape(official), native) for official, native in LLADA_OFFICIAL_KEY_RENAMES
 ]
+# The backbone's own keys: those of the full model under `model.` (the official head lives in the backbone's
+# `transformer` dict, so `transformer.ff_out` has no backbone counterpart and stays an unexpected key).
+_LLADA_BACKBONE_KEY_RENAMES = tuple(
+    (official.removeprefix("model."), native.removeprefix("model."))
+    for official, native in LLADA_OFFICIAL_KEY_RENAMES
+    if native.startswith("model.")
+)
+_LLADA_LAYOUT = (
+    "the official LLaDA layout (`model.transformer.wte`, `model.transformer.blocks.N.<leaf>`, "
+    "`model.transformer.ln_f`, `model.transformer.ff_out`) or the native one (`model.embed_tokens`, "
+    "`model.layers.N.<leaf>`, `model.norm`, `lm_head`), block leaves `attn_norm, q_proj, k_proj, v_proj, attn_out, "
+    "ff_norm, ff_proj, up_proj, ff_out`"
+)
 
 # Options of the official config whose other values this implementation does not compute; (name, supported value).
 _FIXED_OPTIONS = (
@@ -203,8 +224,9 @@ class LLaDABlock(BidirectionalAttentionMixin, GradientCheckpointingLayer):
         return hidden_states + self.ff_out(nn.functional.silu(self.ff_proj(normed)) * self.up_proj(normed))
 
 
-class LLaDAPreTrainedModel(PreTrainedModel):
+class LLaDAPreTrainedModel(NativeStateDictMixin, PreTrainedModel):
     config_class = LLaDAConfig
+    checkpoint_layout = _LLADA_LAYOUT
     config: LLaDAConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
@@ -217,6 +239,8 @@ class LLaDAPreTrainedModel(PreTrainedModel):
 
 class LLaDAModel(LLaDAPreTrainedModel):
     """The LLaDA backbone: embeddings, blocks and final norm. Returns `last_hidden_state` (B, L, d_model)."""
+
+    official_key_renames = _LLADA_BACKBONE_KEY_RENAMES
 
     def __init__(self, config: LLaDAConfig):
         super().__init__(config)
@@ -259,6 +283,7 @@ class LLaDAForMaskedDiffusion(DiffusionGenerateMixin, LLaDAPreTrainedModel, Gene
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    official_key_renames = LLADA_OFFICIAL_KEY_RENAMES
 
     def __init__(self, config: LLaDAConfig):
         super().__init__(config)
