@@ -1,9 +1,9 @@
 """Reinforcement learning and supervised fine-tuning for masked diffusion language models, on top of TRL.
 
 Heavy submodules (trainers, modeling code) are imported lazily so that ``import trl_diffusion`` stays cheap and never
-pulls optional backends such as DeepSpeed. Importing the package registers the native LLaDA and Dream configs with
-transformers' `AutoConfig` (their model classes follow when a config is built, see
-`trl_diffusion.models.registration`), so `AutoModelForCausalLM.from_pretrained` of an official checkpoint builds the
+pulls optional backends such as DeepSpeed. Importing the package registers the native LLaDA and Dream classes with
+transformers' Auto classes, deferred until transformers' Auto config module is imported (see
+`trl_diffusion.auto_registration`), so `AutoModelForCausalLM.from_pretrained` of an official checkpoint builds the
 native classes without `trust_remote_code`.
 """
 
@@ -41,7 +41,8 @@ _LAZY_ATTRS = {
 
 __all__ = ["__version__", *_LAZY_ATTRS]
 
-importlib.import_module("trl_diffusion.models")  # registers the native configs with `AutoConfig`
+# Registers the native configs with `AutoConfig` once transformers' Auto config module is imported (no torch before)
+importlib.import_module("trl_diffusion.auto_registration").install()
 
 
 def __getattr__(name: str):

@@ -1,11 +1,12 @@
 """Model families: per-family specs, and native implementations of diffusion LMs missing from transformers.
 
-Importing this package (which `import trl_diffusion` does) registers the native LLaDA and Dream configs with
-`AutoConfig`; the model classes (`AutoModel`, `AutoModelForCausalLM`) and LLaDA's checkpoint key renaming are
-registered when their modeling module is first imported, which building one of their configs does (see
-`trl_diffusion.models.registration`). Local registration takes precedence over the `auto_map` of the official
-checkpoints' `config.json`, so `AutoModelForCausalLM.from_pretrained("GSAI-ML/LLaDA-8B-Instruct")` (or a local copy)
-builds the native classes without `trust_remote_code`. The modeling classes are imported on first access.
+Importing this package (which `import trl_diffusion` arranges once transformers' Auto config module is imported)
+registers the native LLaDA and Dream configs with `AutoConfig`; the model classes (`AutoModel`,
+`AutoModelForCausalLM`) and LLaDA's checkpoint key renaming are registered when their modeling module is first
+imported, which building one of their configs does (see `trl_diffusion.models.registration`). Local registration
+takes precedence over the `auto_map` of the official checkpoints' `config.json`, so
+`AutoModelForCausalLM.from_pretrained("GSAI-ML/LLaDA-8B-Instruct")` (or a local copy) builds the native classes
+without `trust_remote_code`. The modeling classes are imported on first access.
 """
 
 import importlib

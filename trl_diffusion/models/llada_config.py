@@ -1,7 +1,7 @@
 """Configuration of the native LLaDA (`model_type` "llada"), with the key names of the official `config.json`.
 
-Kept apart from the modeling code so that registering it with `AutoConfig` (done by `import trl_diffusion`) imports
-no model code; building a config imports [`trl_diffusion.models.llada`], which registers the model classes.
+Kept apart from the modeling code so that registering it with `AutoConfig` (see `trl_diffusion.auto_registration`)
+imports no model code; building a config imports [`trl_diffusion.models.llada`], which registers the model classes.
 """
 
 import importlib

@@ -4,7 +4,9 @@ Local registration takes precedence over the `auto_map` of an official checkpoin
 `AutoModelForCausalLM.from_pretrained(<LLaDA or Dream checkpoint>)` builds the native classes without
 `trust_remote_code`. It happens in two steps so that `import trl_diffusion` imports no model code:
 
-1. [`register_configs`] (run by `import trl_diffusion`): the config classes with `AutoConfig`;
+1. [`register_configs`] (run by importing `trl_diffusion.models`, which `import trl_diffusion` arranges for as soon
+   as transformers' Auto config module is imported, see `trl_diffusion.auto_registration`): the config classes with
+   `AutoConfig`;
 2. [`register_model_classes`] (run by each modeling module when it is imported, which building one of its configs
    does): the model classes with `AutoModel` / `AutoModelForCausalLM`, and the checkpoint key renames with
    `from_pretrained`. An Auto class reads the config before it looks a model class up, so step 2 is always done by
