@@ -14,7 +14,9 @@ from the weights it had.
 that the children's entries are then taken from. Renaming the official keys there (in place, under the module's
 prefix, so that a model wrapped by PEFT, DDP or DeepSpeed gets the same) lets every caller load either layout; and a
 state dict that has entries under the model's prefix of which none names one of its weights raises an error naming
-the layouts it accepts, whatever `strict` is.
+the layouts it accepts, whatever `strict` is. (transformers' own ZeRO-3 loader, used by `from_pretrained` under
+`deepspeed.zero.Init`, calls the leaf modules' `_load_from_state_dict` directly, after applying the conversion mapping
+itself.)
 """
 
 import torch
