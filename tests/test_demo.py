@@ -272,3 +272,32 @@ def test_quick_demo_checkpoints_load_and_match_reported_accuracy(quick_demo):
     result = evaluate(models["rl"], tokenizer, held_out_prompts(), config)
     assert result["accuracy"] == pytest.approx(metrics["stages"]["rl"]["accuracy"])
     assert result["mean_reward"] == pytest.approx(metrics["stages"]["rl"]["mean_reward"])
+
+
+def test_sft_control_dataset_continues_the_sft_stream():
+    from trl_diffusion.demo.pipeline import sft_control_dataset
+
+    config = DemoConfig.quick(seed=5)
+    held_out = held_out_prompts(config.num_held_out)
+    seen = config.sft_steps * config.sft_batch_size
+    stream = training_prompts(seen + 3 * config.sft_batch_size, 5, "sft", held_out)
+    control = sft_control_dataset(config, 3, held_out)
+    assert control["prompt"] == stream[seen:]
+    assert control["completion"] == [task.solve(p) for p in stream[seen:]]
+
+
+def test_quick_demo_with_sft_control_reports_it_apart_from_the_pipeline(tmp_path):
+    from trl_diffusion.demo.pipeline import format_summary, run_demo
+
+    metrics = run_demo(DemoConfig.quick(output_dir=str(tmp_path), device="cpu", show_progress=False, sft_control=True))
+    assert set(metrics["stages"]) == {"untrained", "sft", "rl", "sft_control"}
+    control = metrics["sft_control"]
+    # as many steps as the RL stage's wall time buys at the SFT stage's speed
+    assert control["budget_s"] == metrics["timings_s"]["rl"]
+    assert control["steps"] == max(1, round(control["budget_s"] / control["sft_seconds_per_step"]))
+    assert 0.0 <= metrics["stages"]["sft_control"]["accuracy"] <= 1.0
+    assert metrics["timings_s"]["sft_control"] > control["train_s"] > 0
+    summary = format_summary(metrics)
+    assert f"+{control['steps']} steps" in summary and "control not included" in summary
+    with open(tmp_path / "metrics.json") as f:
+        assert json.load(f)["sft_control"]["steps"] == control["steps"]

@@ -26,10 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="RL rollouts with Fast-dLLM's confidence-threshold parallel decoding (0.9); evaluation stays exact.",
     )
+    parser.add_argument(
+        "--sft-control",
+        action="store_true",
+        help="Also report masked SFT continued for the RL stage's wall time (a same-time control; doubles RL's cost).",
+    )
     return parser
 
 
-def _quiet_third_party() -> None:
+def quiet_third_party() -> None:
     """Keep the terminal to the demo's own progress bars: no per-dataset-map or weight-loading bars, and no
     deprecation notices about options the demo does not set."""
     import warnings
@@ -51,13 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "show_progress": not args.no_progress,
         "fast_rollouts": args.fast_rollouts,
+        "sft_control": args.sft_control,
     }
     try:
         config = DemoConfig.quick(**settings) if args.quick else DemoConfig(**settings)
     except ValueError as error:
         build_parser().error(str(error))
 
-    _quiet_third_party()
+    quiet_third_party()
     from trl_diffusion.demo.pipeline import format_summary, run_demo  # heavy imports only when running
 
     metrics = run_demo(config)

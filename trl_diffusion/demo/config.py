@@ -79,6 +79,13 @@ class DemoConfig:
             is left off: with the demo's answer decoded as one block right after a 9-token prompt, the stale prompt
             keys/values cost the trained demo model 38 points of held-out accuracy (9.8 when re-recorded every 2
             steps), while the threshold alone lost none (`benchmarks/bench_rollouts.py --demo-checkpoint ...`).
+        sft_control (`bool`, *optional*, defaults to `False`):
+            After the pipeline, continue masked SFT from the SFT checkpoint for as many steps as the RL stage's wall
+            time buys at the SFT stage's measured speed (fresh examples, the SFT schedule over those steps) and
+            report its held-out accuracy (`stages["sft_control"]`, `sft_control` in `metrics.json`). It answers
+            "what would the same time spent on more labelled SFT have given?"; RL's claim is that it improves the
+            SFT model with a verifier only, not that it beats more SFT. Off by default because it costs as much
+            time again as the RL stage; `benchmarks/demo_seeds.py` turns it on. Not counted in the pipeline time.
     """
 
     output_dir: str = field(default="demo_output", metadata={"help": "Output directory."})
@@ -111,6 +118,9 @@ class DemoConfig:
     show_progress: bool = field(default=True, metadata={"help": "Progress bars and summary table."})
     fast_rollouts: bool = field(
         default=False, metadata={"help": "Confidence-threshold (0.9) parallel decoding in RL rollouts."}
+    )
+    sft_control: bool = field(
+        default=False, metadata={"help": "Also run masked SFT for the RL stage's wall time (same-time control)."}
     )
 
     def __post_init__(self):
