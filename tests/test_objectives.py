@@ -2,6 +2,7 @@
 references built from the estimators, tiny training runs of every objective, and the refused combinations."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -403,3 +404,50 @@ def test_presets_fill_only_unset_fields(tmp_path):
 def test_refused_objective_combinations(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         make_config(tmp_path, **overrides)
+
+
+# --- recipes ---
+
+RECIPE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "recipes")
+# the settings each paper makes part of its objective: (objective field values, TRL field values)
+PAPER_SETTINGS = {
+    "coupled_grpo": {"beta": 0.01, "epsilon": 0.5, "num_iterations": 2, "loss_type": "bnpo"},
+    "spg": {"beta": 0.0, "num_iterations": 4, "spg_mix": 0.5, "spg_num_draws": 2, "scale_rewards": "none"},
+    "wd1": {"beta": 0.0, "num_iterations": 12, "scale_rewards": "none"},
+    "espo": {"epsilon": 0.2, "num_iterations": 8, "loss_type": "grpo", "num_mc": 2, "mc_complement": True},
+}
+
+
+@pytest.mark.parametrize("task", ["gsm8k", "math", "countdown", "sudoku"])
+@pytest.mark.parametrize("objective", sorted(PAPER_SETTINGS))
+def test_objective_recipes_parse_with_the_papers_settings(objective, task):
+    from trl_diffusion.scripts import diffu_grpo
+
+    d1_path = os.path.join(RECIPE_DIR, f"diffu_grpo_{task}.yaml")
+    path = os.path.join(RECIPE_DIR, f"{objective}_{task}.yaml")
+    parser = diffu_grpo.make_parser()
+    d1_script, d1_args, d1_model = parser.parse_args_and_config(["--config", d1_path, "--use_cpu", "true"])
+    script_args, training_args, model_args = parser.parse_args_and_config(["--config", path, "--use_cpu", "true"])
+    assert type(training_args) is DiffuGRPOConfig and training_args.objective == objective
+    assert training_args.likelihood_estimator == DEFAULT_ESTIMATORS[objective]
+    for name, value in PAPER_SETTINGS[objective].items():
+        assert getattr(training_args, name) == value, name
+    if objective == "spg":  # SPG: eubo_beta 1.5 with the mix, 1.0 on Sudoku
+        assert training_args.spg_eubo_beta == (1.0 if task == "sudoku" else 1.5)
+    if objective == "espo":  # ESPO's per-task KL coefficients
+        assert training_args.beta == {"gsm8k": 1e-3, "math": 1e-3, "countdown": 3e-3, "sudoku": 1e-2}[task]
+    # one protocol: the task, model, adapter, sampler, batch and optimiser of d1's recipe
+    assert script_args == d1_script and model_args == d1_model
+    for name in (
+        "learning_rate",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "num_generations",
+        "max_completion_length",
+        "block_length",
+        "diffusion_steps",
+        "temperature",
+        "p_mask_prompt",
+        "reward_weights",
+    ):
+        assert getattr(training_args, name) == getattr(d1_args, name), name
