@@ -451,3 +451,31 @@ def test_objective_recipes_parse_with_the_papers_settings(objective, task):
         "reward_weights",
     ):
         assert getattr(training_args, name) == getattr(d1_args, name), name
+
+
+# --- the demo ---
+
+
+def test_demo_cli_takes_the_objective_and_refuses_unknown_ones(capsys):
+    from trl_diffusion.cli import main
+    from trl_diffusion.demo.config import DemoConfig
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--help"])
+    assert exit_info.value.code == 0 and "--objective" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--quick", "--objective", "trace_rl"])
+    assert exit_info.value.code == 2 and "Unknown `objective` 'trace_rl'" in capsys.readouterr().err
+    assert DemoConfig().objective == "d1"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["spg", "wd1", "espo"])
+def test_quick_demo_runs_each_objective(tmp_path, objective):
+    from trl_diffusion.demo.config import DemoConfig
+    from trl_diffusion.demo.pipeline import run_demo
+
+    config = DemoConfig.quick(output_dir=str(tmp_path), device="cpu", show_progress=False, objective=objective)
+    metrics = run_demo(config)
+    assert metrics["settings"]["objective"] == objective
+    assert 0.0 <= metrics["stages"]["rl"]["accuracy"] <= 1.0

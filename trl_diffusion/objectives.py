@@ -30,6 +30,12 @@ DEFAULT_ESTIMATORS = {
 }
 
 
+def check_objective_name(name: str) -> None:
+    """Raise a `ValueError` listing the objectives of [`OBJECTIVES`] unless `name` is one of them."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"Unknown `objective` {name!r}; choose one of {sorted(OBJECTIVES)}.")
+
+
 # --- SPG (Wang et al., "SPG: Sandwiched Policy Gradient for Masked Diffusion Language Models", arXiv 2510.09541;
 # facebookresearch/SPG `spg/spg_trainer.py`, `_get_per_seq_logps` and `compute_loss`) ---
 

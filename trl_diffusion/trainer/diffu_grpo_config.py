@@ -59,10 +59,9 @@ def check_objective(args) -> None:
     Fill the fields the objective's preset defines and the user left unset (`likelihood_estimator`,
     `importance_sampling_level`), then refuse with a `ValueError` any combination the objective cannot use.
     """
-    from trl_diffusion.objectives import DEFAULT_ESTIMATORS, OBJECTIVES
+    from trl_diffusion.objectives import DEFAULT_ESTIMATORS, OBJECTIVES, check_objective_name
 
-    if args.objective not in OBJECTIVES:
-        raise ValueError(f"Unknown `objective` {args.objective!r}; choose one of {sorted(OBJECTIVES)}.")
+    check_objective_name(args.objective)
     estimators, uses_ratio = OBJECTIVES[args.objective]
     if args.likelihood_estimator is None:
         args.likelihood_estimator = DEFAULT_ESTIMATORS[args.objective]
