@@ -170,18 +170,19 @@ def make_config(tmp_path, **overrides):
 
 
 class CountingTrainer(DiffuGRPOTrainer):
-    """Counts model forward passes outside rollouts, with and without gradients, and keeps generation outputs."""
+    """Counts the model's scoring passes at generation time (old and reference log-probs; rollouts excluded) and
+    keeps the generation outputs."""
 
     def __init__(self, *args, **kwargs):
-        self.passes = {"no_grad": 0, "grad": 0}
+        self.generation_scoring_passes = 0
         self.generations = []
-        self._in_rollout = False
+        self._in_rollout = self._in_generation = False
         super().__init__(*args, **kwargs)
         self.model.register_forward_hook(self._count)
 
     def _count(self, module, args, output):
-        if not self._in_rollout:
-            self.passes["grad" if torch.is_grad_enabled() else "no_grad"] += 1
+        if self._in_generation and not self._in_rollout:
+            self.generation_scoring_passes += 1
 
     def rollout(self, *args, **kwargs):
         self._in_rollout = True
@@ -191,7 +192,11 @@ class CountingTrainer(DiffuGRPOTrainer):
             self._in_rollout = False
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
+        self._in_generation = True
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._in_generation = False
         self.generations.append(output)
         return output
 
@@ -211,21 +216,33 @@ def test_every_objective_trains_every_parameter(tmp_path, standin_model_path, ob
         gradient_accumulation_steps=ga,
         beta=beta,
         max_steps=2,  # one generation batch: 2 inner iterations of 2 micro-steps
+        eval_strategy="steps",
+        eval_steps=2,
+        per_device_eval_batch_size=2,
         **options,
     )
     assert config.likelihood_estimator == DEFAULT_ESTIMATORS[objective]
-    trainer = CountingTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
+    trainer = CountingTrainer(
+        standin_model_path,
+        reward_char_sum,
+        args=config,
+        train_dataset=prompts_dataset(),
+        eval_dataset=prompts_dataset(2),
+    )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     unchanged = [n for n, p in trainer.model.named_parameters() if n in before and torch.equal(p, before[n])]
     assert before and not unchanged, f"parameters not updated: {unchanged}"
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 2 and np.isfinite(losses).all()
-    (generation,) = trainer.generations
+    eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert len(eval_losses) == 1 and np.isfinite(eval_losses).all()  # the loss also runs without gradients
+    generation = trainer.generations[0]  # the training batch (the others are evaluation batches)
     uses_ratio = OBJECTIVES[objective][1]
     assert ("old_per_token_logps" in generation) == uses_ratio
-    if not uses_ratio:  # ratio-free: nothing is scored without gradients
-        assert trainer.passes["no_grad"] == 0
+    # ratio-free objectives score nothing at generation time; the others score old log-probs for each of the mu
+    # masks (and, with beta > 0, reference ones)
+    assert (trainer.generation_scoring_passes == 0) == (not uses_ratio)
     if beta:
         kls = [entry["kl"] for entry in trainer.state.log_history if "kl" in entry]
         assert kls and np.isfinite(kls).all()
@@ -479,3 +496,20 @@ def test_quick_demo_runs_each_objective(tmp_path, objective):
     metrics = run_demo(config)
     assert metrics["settings"]["objective"] == objective
     assert 0.0 <= metrics["stages"]["rl"]["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("objective", ["spg", "wd1"])
+def test_ratio_free_losses_sum_over_the_accumulation_window(tmp_path, standin_model_path, objective):
+    # the 4 rows as one micro-batch, or as 2 micro-batches of 2 rows accumulated: the same window loss
+    trainer = loss_trainer(tmp_path, standin_model_path, objective=objective)
+    inputs = fixed_inputs(trainer)
+    positive, negative = wd1_weights(inputs["advantages"], 2)
+    inputs["wd1_weights"] = torch.stack([positive, negative], dim=1)
+    whole = trainer._compute_loss(trainer.model, inputs).item()
+    trainer.current_gradient_accumulation_steps = 2
+    trainer.args.gradient_accumulation_steps = trainer.args.steps_per_generation = 2
+    halves = []
+    for rows in (slice(0, 2), slice(2, 4)):
+        part = {k: v if k == "num_items_in_batch" else v[rows] for k, v in inputs.items()}
+        halves.append(trainer._compute_loss(trainer.model, part).item())
+    assert abs(sum(halves) - whole) < TOLERANCE

@@ -478,6 +478,6 @@ class DiffuGRPOTrainer(GRPOTrainer):
         if not per_iteration:
             logps = logps.squeeze(1)
             entropies = entropies.squeeze(1) if entropies is not None else None
-        if self._captured_logps is not None and torch.is_grad_enabled():
+        if self._captured_logps is not None:
             self._captured_logps.append(logps)
         return logps, entropies, None
