@@ -473,16 +473,17 @@ def test_objective_recipes_parse_with_the_papers_settings(objective, task):
 # --- the demo ---
 
 
-def test_demo_cli_takes_the_objective_and_refuses_unknown_ones(capsys):
+def test_demo_cli_takes_the_objective_and_refuses_unknown_ones(tmp_path, capsys):
     from trl_diffusion.cli import main
     from trl_diffusion.demo.config import DemoConfig
 
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--help"])
     assert exit_info.value.code == 0 and "--objective" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--quick", "--objective", "trace_rl"])
-    assert exit_info.value.code == 2 and "Unknown `objective` 'trace_rl'" in capsys.readouterr().err
+    # refused before any training, as a one-line user error
+    assert main(["demo", "--quick", "--objective", "trace_rl", "--output-dir", str(tmp_path)]) == 2
+    assert "Unknown `objective` 'trace_rl'" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
     assert DemoConfig().objective == "d1"
 
 

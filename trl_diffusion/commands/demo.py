@@ -66,12 +66,6 @@ def main(argv: list[str] | None = None) -> int:
 
     _quiet_third_party()
     from trl_diffusion.demo.pipeline import format_summary, run_demo  # heavy imports only when running
-    from trl_diffusion.objectives import check_objective_name
-
-    try:
-        check_objective_name(config.objective)
-    except ValueError as error:
-        build_parser().error(str(error))
 
     metrics = run_demo(config)
     if config.show_progress:
