@@ -514,3 +514,35 @@ def test_ratio_free_losses_sum_over_the_accumulation_window(tmp_path, standin_mo
         part = {k: v if k == "num_items_in_batch" else v[rows] for k, v in inputs.items()}
         halves.append(trainer._compute_loss(trainer.model, part).item())
     assert abs(sum(halves) - whole) < TOLERANCE
+
+
+def test_spg_draws_fresh_masks_at_every_inner_iteration(tmp_path, standin_model_path):
+    # SPG's mu inner updates each draw new block masks: the mask seeds of inner iteration k are column k
+    mu, spg = 2, 2
+    config = make_config(
+        tmp_path,
+        objective="spg",
+        per_device_train_batch_size=2,
+        num_generations=2,
+        num_iterations=mu,
+        steps_per_generation=spg,
+        gradient_accumulation_steps=2,
+        max_steps=2,
+    )
+    trainer = CountingTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
+    used = []
+    draws = trainer.spg_draws
+
+    def recording_draws(model, prompt_ids, prompt_mask, completion_ids, mask_seeds, **kwargs):
+        used.append((trainer._step, set(mask_seeds.tolist())))
+        return draws(model, prompt_ids, prompt_mask, completion_ids, mask_seeds, **kwargs)
+
+    trainer.spg_draws = recording_draws
+    trainer.train()
+    (generation,) = trainer.generations
+    columns = [set(generation["mask_seeds"][:, k].tolist()) for k in range(mu)]  # all distinct seeds
+    assert len(used) == mu * spg and not columns[0] & columns[1]
+    for k in range(mu):
+        # the micro-steps of inner iteration k cover every row, each with its column-k seed
+        seen = [seeds for step, seeds in used if (step // spg) % mu == k]
+        assert len(seen) == spg and set().union(*seen) == columns[k]
