@@ -180,8 +180,10 @@ class DiffuGRPOConfig(GRPOConfig):
               (`beta > 0` is refused); loss `-sum_i A_i L_i (1[A_i > 0] ELBO_i + 1[A_i <= 0] NEG_i) / sum_i L_i`
               on the draws of the `"spg_block"` estimator, `NEG = spg_mix EUBO + (1 - spg_mix) ELBO`. Paper:
               `scale_rewards="none"`, `num_iterations=4` (each inner iteration draws fresh masks through
-              `random_masking`), `spg_num_draws=2`, `block_length=32`, `spg_eubo_beta` 1.5 (math; 2.0 Countdown,
-              1.0 Sudoku), `spg_mix=0.5`, `learning_rate=3e-6`.
+              `random_masking`), `spg_num_draws=2`, `block_length=32`, `spg_mix=0.5` with `spg_eubo_beta` 1.5
+              (1.0 on Sudoku), `learning_rate=3e-6`. Options that act on ratios or per-token losses
+              (`importance_sampling_level="sequence"`, `delta`, `off_policy_mask_threshold`, entropy masking and
+              bonus) are refused for SPG and wd1; `loss_type` and `epsilon` do not enter their losses.
             - `"wd1"` (arXiv 2507.08838; xiaohangt/wd1 `wd1/trainers/rev_grpo_trainer.py`): ratio-free weighted
               likelihood `-sum_i softmax(A)_i l_i + sum_i softmax(-A)_i l_i` with `l_i` the summed `"one_step"`
               log-probs and the softmax over each prompt's group (wd1's code takes it over the per-device batch,
@@ -192,11 +194,13 @@ class DiffuGRPOConfig(GRPOConfig):
               (`importance_sampling_level="sequence"`, the ratio `exp((ELBO_theta - ELBO_old) / L)`) on the
               `"mc_elbo"` estimator (or `"spg_block"`), with a leave-one-out baseline (TRL's advantages times
               `G / (G - 1)`) and, in place of TRL's per-token k3 term, `beta` times the k2 estimate
-              `(ELBO_theta - ELBO_ref)^2 / (2 L)` averaged over rows. Paper: `beta=1e-3` (GSM8K), `epsilon=0.2`,
-              `num_iterations=8`, `loss_type="grpo"` (mean over sequences), `num_mc=2`, `mc_complement=True`,
-              `num_generations=6`, `learning_rate=3e-6`.
+              `(ELBO_theta - ELBO_ref)^2 / (2 L)` averaged over rows, `L` the completion's length (ESPO divides by
+              its generation length, padding included, which its ELBO also scores). Paper: `beta=1e-3` (GSM8K,
+              MATH; 3e-3 Countdown, 1e-2 Sudoku), `epsilon=0.2`, `num_iterations=8`, `loss_type="grpo"` (mean
+              over sequences), `num_mc=2`, `mc_complement=True`, `num_generations=6`, `learning_rate=3e-6`.
         spg_eubo_beta (`float`, *optional*, defaults to `1.5`):
-            `"spg"` only: exponent `b` of SPG's upper bound (SPG: 1.5 for math, 2.0 Countdown, 1.0 Sudoku).
+            `"spg"` only: exponent `b` of SPG's upper bound (SPG: 1.5, 1.0 on Sudoku; its EUBO-only runs use 2.0
+            on Countdown).
         spg_mix (`float`, *optional*, defaults to `0.5`):
             `"spg"` only: weight `w` of the upper bound in the bound of negative-advantage rows, `w EUBO + (1 - w)
             ELBO`; `1` is the pure EUBO, `0` the ELBO (SPG recommends 0.5).
@@ -289,7 +293,7 @@ class DiffuGRPOConfig(GRPOConfig):
     )
     spg_eubo_beta: float = field(
         default=1.5,
-        metadata={"help": "spg objective: exponent of the upper bound (SPG: 1.5 math, 2.0 Countdown, 1.0 Sudoku)."},
+        metadata={"help": "spg objective: exponent of the upper bound (SPG: 1.5, 1.0 on Sudoku)."},
     )
     spg_mix: float = field(
         default=0.5,
