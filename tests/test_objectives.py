@@ -388,10 +388,17 @@ def test_espo_advantages_are_leave_one_out(tmp_path, standin_model_path):
 
 
 def test_presets_fill_only_unset_fields(tmp_path):
-    assert make_config(tmp_path).likelihood_estimator == "one_step"
-    assert make_config(tmp_path).importance_sampling_level == "token"
+    d1 = make_config(tmp_path)  # TRL's defaults: a GRPO script behaves the same after swapping the class
+    assert (d1.likelihood_estimator, d1.importance_sampling_level, d1.loss_type) == ("one_step", "token", "dapo")
     espo = make_config(tmp_path, objective="espo")
-    assert (espo.likelihood_estimator, espo.importance_sampling_level) == ("mc_elbo", "sequence")
+    assert (espo.likelihood_estimator, espo.importance_sampling_level, espo.loss_type) == (
+        "mc_elbo",
+        "sequence",
+        "grpo",
+    )
+    coupled = make_config(tmp_path, objective="coupled_grpo")
+    assert (coupled.likelihood_estimator, coupled.loss_type) == ("coupled", "bnpo")
+    assert make_config(tmp_path, objective="espo", loss_type="dapo").loss_type == "dapo"  # explicit values stay
     assert make_config(tmp_path, objective="espo", likelihood_estimator="spg_block").likelihood_estimator == (
         "spg_block"
     )

@@ -54,10 +54,17 @@ RATIO_FREE_NEUTRAL_OPTIONS = {
 }
 
 
+# TRL fields an objective's preset fills when left unset: objective -> value (TRL's default for the others).
+PRESET_FIELDS = {
+    "importance_sampling_level": {"espo": "sequence"},
+    "loss_type": {"coupled_grpo": "bnpo", "espo": "grpo"},
+}
+
+
 def check_objective(args) -> None:
     """
-    Fill the fields the objective's preset defines and the user left unset (`likelihood_estimator`,
-    `importance_sampling_level`), then refuse with a `ValueError` any combination the objective cannot use.
+    Fill the fields the objective's preset defines and the user left unset (`likelihood_estimator` and
+    [`PRESET_FIELDS`]), then refuse with a `ValueError` any combination the objective cannot use.
     """
     from trl_diffusion.objectives import DEFAULT_ESTIMATORS, OBJECTIVES, check_objective_name
 
@@ -71,8 +78,10 @@ def check_objective(args) -> None:
             f"{args.likelihood_estimator!r}); leave it unset for {DEFAULT_ESTIMATORS[args.objective]!r}, or use "
             f"`objective='d1'` for TRL's per-token PPO-clip on {args.likelihood_estimator!r}."
         )
-    if args.importance_sampling_level is None:
-        args.importance_sampling_level = "sequence" if args.objective == "espo" else "token"
+    trl_default = {name: GRPOConfig.__dataclass_fields__[name].default for name in PRESET_FIELDS}
+    for name, values in PRESET_FIELDS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, values.get(args.objective, trl_default[name]))
     if args.objective == "espo":
         if args.importance_sampling_level != "sequence":
             raise ValueError(
@@ -164,8 +173,9 @@ class DiffuGRPOConfig(GRPOConfig):
 
         objective (`str`, *optional*, defaults to `"d1"`):
             The RL objective, a preset of the estimator and the loss (`trl_diffusion.objectives`). A preset fills
-            only the fields that define the objective and that are left unset (`None`): `likelihood_estimator` and
-            `importance_sampling_level`; an explicit value the objective cannot use is refused with what to use.
+            only the fields that define the objective and that are left unset (`None`): `likelihood_estimator`,
+            `importance_sampling_level` and `loss_type` (TRL's defaults `"token"` and `"dapo"` where the objective
+            has no value of its own); an explicit value the objective cannot use is refused with what to use.
             Hyper-parameters stay ordinary fields with TRL's defaults: the papers' values are listed here and set
             by the recipes in `examples/recipes/` (`{objective}_{task}.yaml`).
 
@@ -174,8 +184,8 @@ class DiffuGRPOConfig(GRPOConfig):
               `scale_rewards="none"`, `num_generations=6`, `learning_rate=3e-6`.
             - `"coupled_grpo"` (DiffuCoder, arXiv 2506.20639; apple/ml-diffucoder `src/open_r1/coupled_grpo.py`):
               TRL's per-token PPO-clip with k3 KL on the `"coupled"` estimator. Paper: `beta=0.01`, `epsilon=0.5`,
-              `num_iterations=2`, `loss_type="bnpo"` (token mean over the micro-batch), `num_generations=10`,
-              `learning_rate=1e-6`.
+              `num_iterations=2`, `num_generations=10`, `learning_rate=1e-6`; preset `loss_type="bnpo"` (DiffuCoder's
+              token mean over the micro-batch).
             - `"spg"` (arXiv 2510.09541; facebookresearch/SPG `spg/spg_trainer.py`): no ratio, no clipping, no KL
               (`beta > 0` is refused); loss `-sum_i A_i L_i (1[A_i > 0] ELBO_i + 1[A_i <= 0] NEG_i) / sum_i L_i`
               on the draws of the `"spg_block"` estimator, `NEG = spg_mix EUBO + (1 - spg_mix) ELBO`. Paper:
@@ -196,8 +206,9 @@ class DiffuGRPOConfig(GRPOConfig):
               `G / (G - 1)`) and, in place of TRL's per-token k3 term, `beta` times the k2 estimate
               `(ELBO_theta - ELBO_ref)^2 / (2 L)` averaged over rows, `L` the completion's length (ESPO divides by
               its generation length, padding included, which its ELBO also scores). Paper: `beta=1e-3` (GSM8K,
-              MATH; 3e-3 Countdown, 1e-2 Sudoku), `epsilon=0.2`, `num_iterations=8`, `loss_type="grpo"` (mean
-              over sequences), `num_mc=2`, `mc_complement=True`, `num_generations=6`, `learning_rate=3e-6`.
+              MATH; 3e-3 Countdown, 1e-2 Sudoku), `epsilon=0.2`, `num_iterations=8`, `num_mc=2`,
+              `mc_complement=True`, `num_generations=6`, `learning_rate=3e-6`; preset `loss_type="grpo"` (ESPO's
+              mean over sequences).
         spg_eubo_beta (`float`, *optional*, defaults to `1.5`):
             `"spg"` only: exponent `b` of SPG's upper bound (SPG: 1.5, 1.0 on Sudoku; its EUBO-only runs use 2.0
             on Countdown).
@@ -206,6 +217,9 @@ class DiffuGRPOConfig(GRPOConfig):
             ELBO`; `1` is the pure EUBO, `0` the ELBO (SPG recommends 0.5).
         importance_sampling_level (`str`, *optional*):
             TRL's option (`"token"` or `"sequence"`); defaults to `"sequence"` for `"espo"`, else `"token"`.
+        loss_type (`str`, *optional*):
+            TRL's option; defaults to `"bnpo"` for `"coupled_grpo"`, `"grpo"` for `"espo"`, else TRL's `"dapo"`
+            (d1 keeps TRL's default so that a GRPO script behaves the same; d1's paper uses `"grpo"`).
 
     > Parameters of the log-probability estimator
 
@@ -302,6 +316,10 @@ class DiffuGRPOConfig(GRPOConfig):
     importance_sampling_level: str | None = field(
         default=None,
         metadata={"help": "TRL's importance sampling level, token or sequence; defaults to the objective's."},
+    )
+    loss_type: str | None = field(
+        default=None,
+        metadata={"help": "TRL's loss aggregation; defaults to the objective's (bnpo, grpo), else TRL's dapo."},
     )
     likelihood_estimator: str | None = field(
         default=None,
