@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="RL rollouts with Fast-dLLM's confidence-threshold parallel decoding (0.9); evaluation stays exact.",
     )
+    parser.add_argument(
+        "--objective",
+        default="d1",
+        help="RL objective of the second stage (DiffuGRPOConfig.objective): d1, coupled_grpo, spg, wd1 or espo "
+        "(default: %(default)s).",
+    )
     return parser
 
 
@@ -51,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "show_progress": not args.no_progress,
         "fast_rollouts": args.fast_rollouts,
+        "objective": args.objective,
     }
     try:
         config = DemoConfig.quick(**settings) if args.quick else DemoConfig(**settings)
