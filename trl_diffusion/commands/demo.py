@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Also report masked SFT continued for the RL stage's wall time (a same-time control; doubles RL's cost).",
     )
+    parser.add_argument(
+        "--objective",
+        default="d1",
+        help="RL objective of the second stage (DiffuGRPOConfig.objective): d1, coupled_grpo, spg, wd1 or espo "
+        "(default: %(default)s).",
+    )
     return parser
 
 
@@ -57,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "show_progress": not args.no_progress,
         "fast_rollouts": args.fast_rollouts,
         "sft_control": args.sft_control,
+        "objective": args.objective,
     }
     try:
         config = DemoConfig.quick(**settings) if args.quick else DemoConfig(**settings)

@@ -73,6 +73,9 @@ class DemoConfig:
             Trainer logging period in steps (SFT loss and RL rollout reward in the curves).
         show_progress (`bool`, *optional*, defaults to `True`):
             Progress bars and the summary table in the terminal.
+        objective (`str`, *optional*, defaults to `"d1"`):
+            RL objective of the second stage, `DiffuGRPOConfig.objective`: `"d1"`, `"coupled_grpo"`, `"spg"`,
+            `"wd1"` or `"espo"`, with its preset estimator and the demo's other settings (no KL: `beta` 0).
         fast_rollouts (`bool`, *optional*, defaults to `False`):
             Generate the RL rollouts with Fast-dLLM's confidence-aware parallel decoding, threshold 0.9
             (`DiffuGRPOConfig.rollout_threshold`); held-out evaluation stays exact. The approximate key/value cache
@@ -116,6 +119,7 @@ class DemoConfig:
     rl_warmup_steps: int = field(default=30, metadata={"help": "RL warmup steps."})
     logging_steps: int = field(default=5, metadata={"help": "Trainer logging period in steps."})
     show_progress: bool = field(default=True, metadata={"help": "Progress bars and summary table."})
+    objective: str = field(default="d1", metadata={"help": "RL objective (DiffuGRPOConfig.objective)."})
     fast_rollouts: bool = field(
         default=False, metadata={"help": "Confidence-threshold (0.9) parallel decoding in RL rollouts."}
     )

@@ -25,6 +25,7 @@ from trl_diffusion.demo.task import (
     sft_dataset,
     sorting_reward,
 )
+from trl_diffusion.objectives import check_objective_name
 from trl_diffusion.sampling import DiffusionGenerationConfig
 from trl_diffusion.testing import build_tokenizer, tiny_llada_model
 
@@ -182,6 +183,7 @@ def rl_training_args(config: DemoConfig, tokenizer, output_dir: str, device: str
         num_iterations=config.num_iterations,
         epsilon=config.epsilon,
         beta=config.beta,
+        objective=config.objective,
         scale_rewards=config.scale_rewards,
         p_mask_prompt=config.p_mask_prompt,
         mask_token_id=tokenizer.mask_token_id,
@@ -293,6 +295,7 @@ def format_summary(metrics: dict) -> str:
 def run_demo(config: DemoConfig | None = None) -> dict:
     """Run the whole pipeline, write `metrics.json`, `training.png` and checkpoints, and return the metrics."""
     config = config if config is not None else DemoConfig()
+    check_objective_name(config.objective)  # before any training
     start, cpu_start = time.perf_counter(), time.process_time()
     device = resolve_device(config.device)
     os.makedirs(config.output_dir, exist_ok=True)
