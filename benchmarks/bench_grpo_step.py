@@ -193,7 +193,7 @@ def run_plain(config, tokenizer, model_dir, trainer, batches, steps, warmup, pad
     model.train()
     handle = timers.count_calls(model)
     ref_model = None
-    if config.beta != 0.0:
+    if config.effective_beta != 0.0:
         ref_model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
         timers.count_calls(ref_model)
     optimizer = torch.optim.AdamW(
@@ -269,7 +269,7 @@ def run_plain(config, tokenizer, model_dir, trainer, batches, steps, warmup, pad
                 per_token_loss = -torch.min(ratio * advantages, clipped * advantages)  # (B, C)
                 if ref_model is not None:
                     delta = ref[k] - logps
-                    per_token_loss = per_token_loss + config.beta * (torch.exp(delta) - delta - 1)  # k3 estimator
+                    per_token_loss = per_token_loss + config.effective_beta * (torch.exp(delta) - delta - 1)  # k3 estimator
                 loss = (per_token_loss * completion_mask).sum() / num_tokens
             with timers.time("backward"):
                 loss.backward()
@@ -408,7 +408,7 @@ def main():
             "answer_length": ANSWER_LENGTH,
             "scored_length_per_row": scored_length,
             "num_iterations": config.num_iterations,
-            "beta": config.beta,
+            "beta": config.effective_beta,
             "activation_checkpointing": trainer.args.activation_checkpointing,
         },
         "trainer": {

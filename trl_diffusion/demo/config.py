@@ -3,6 +3,10 @@
 from dataclasses import dataclass, field, replace
 
 
+# KL coefficient of the demo's d1 recipe (d1's own value, arXiv 2504.12216 section 4)
+D1_BETA = 0.04
+
+
 @dataclass
 class DemoConfig:
     r"""
@@ -111,7 +115,9 @@ class DemoConfig:
     temperature: float = field(default=0.7, metadata={"help": "Rollout sampling temperature."})
     num_iterations: int = field(default=2, metadata={"help": "Inner iterations per generation batch (mu)."})
     epsilon: float = field(default=0.2, metadata={"help": "PPO clipping range."})
-    beta: float = field(default=0.0, metadata={"help": "KL coefficient against the SFT model."})
+    beta: float | None = field(
+        default=None, metadata={"help": "KL coefficient against the SFT model (None: 0.04 for d1, else 0)."}
+    )
     scale_rewards: str = field(default="group", metadata={"help": "Advantage scaling: `group` or `none` (d1)."})
     p_mask_prompt: float = field(default=0.15, metadata={"help": "Prompt-token masking probability (d1)."})
     rl_learning_rate: float = field(default=3e-4, metadata={"help": "Peak RL learning rate."})
@@ -161,6 +167,8 @@ class DemoConfig:
             raise ValueError(f"`temperature` must be positive for RL rollouts, got {self.temperature}.")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"`scale_rewards` must be 'group', 'batch' or 'none', got {self.scale_rewards!r}.")
+        if self.beta is not None and self.beta < 0:
+            raise ValueError(f"`beta` must be non-negative (or None for the objective's default), got {self.beta}.")
         if not 0.0 <= self.p_mask_prompt < 1.0:
             raise ValueError(f"`p_mask_prompt` must be in [0, 1), got {self.p_mask_prompt}.")
 
@@ -184,6 +192,13 @@ class DemoConfig:
         }
         settings.update(overrides)
         return cls(**settings)
+
+    @property
+    def effective_beta(self) -> float:
+        """`beta`, or when it is `None` the default of the objective: 0.04 for `"d1"`, 0.0 for the others."""
+        if self.beta is not None:
+            return self.beta
+        return D1_BETA if self.objective == "d1" else 0.0
 
     def replace(self, **changes) -> "DemoConfig":
         return replace(self, **changes)

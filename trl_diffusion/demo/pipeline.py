@@ -142,12 +142,21 @@ def _common_args(config: DemoConfig, device: str, steps: int, learning_rate: flo
 
 
 def train_sft(
-    config, model, tokenizer, dataset, output_dir, device, evaluate_fn, steps=None, description="masked SFT"
+    config,
+    model,
+    tokenizer,
+    dataset,
+    output_dir,
+    device,
+    evaluate_fn,
+    steps=None,
+    description="masked SFT",
+    timings: dict | None = None,
 ):
     """
     Stage 1: masked SFT (LLaDA, arXiv 2502.09992) with [`MaskedSFTTrainer`], `steps` optimisation steps (defaults
-    to `config.sft_steps`) under the SFT schedule. Returns the trainer, the held-out records and the training
-    loop's wall time without the held-out evaluations.
+    to `config.sft_steps`) under the SFT schedule. Returns the trainer and the held-out records; `timings`, when
+    given, receives `train_s`, the training loop's wall time without the held-out evaluations.
     """
     from trl_diffusion import MaskedSFTConfig, MaskedSFTTrainer
 
@@ -165,7 +174,9 @@ def train_sft(
     held_out = _attach_callbacks(trainer, config, evaluate_fn, "sft", 0, description)
     start = time.perf_counter()
     trainer.train()
-    return trainer, held_out.records, time.perf_counter() - start - held_out.eval_seconds
+    if timings is not None:
+        timings["train_s"] = time.perf_counter() - start - held_out.eval_seconds
+    return trainer, held_out.records
 
 
 def rl_training_args(config: DemoConfig, tokenizer, output_dir: str, device: str):
@@ -182,7 +193,7 @@ def rl_training_args(config: DemoConfig, tokenizer, output_dir: str, device: str
         temperature=config.temperature,
         num_iterations=config.num_iterations,
         epsilon=config.epsilon,
-        beta=config.beta,
+        beta=config.effective_beta,
         objective=config.objective,
         scale_rewards=config.scale_rewards,
         p_mask_prompt=config.p_mask_prompt,
@@ -233,7 +244,8 @@ def run_sft_control(config, tokenizer, sft_dir, held_out, budget_seconds, sft_tr
     data = sft_control_dataset(config, steps, held_out)
     model = AutoModelForCausalLM.from_pretrained(sft_dir).to(device)
     output_dir = os.path.join(config.output_dir, "sft_control")
-    trainer, _, train_seconds = train_sft(
+    timings = {}
+    trainer, _ = train_sft(
         config.replace(eval_every=0),
         model,
         tokenizer,
@@ -243,12 +255,13 @@ def run_sft_control(config, tokenizer, sft_dir, held_out, budget_seconds, sft_tr
         evaluate_fn,
         steps=steps,
         description="masked SFT (same-time control)",
+        timings=timings,
     )
     return {
         "steps": steps,
         "budget_s": budget_seconds,
         "sft_seconds_per_step": seconds_per_step,
-        "train_s": train_seconds,
+        "train_s": timings["train_s"],
         "result": evaluate_fn(trainer.model),
     }
 
@@ -340,8 +353,9 @@ def run_demo(config: DemoConfig | None = None) -> dict:
 
     stage_start = time.perf_counter()
     sft_dir = os.path.join(checkpoints, "sft")
-    sft_trainer, sft_records, sft_train_seconds = train_sft(
-        config, model, tokenizer, sft_data, sft_dir, device, evaluate_fn
+    sft_timings = {}
+    sft_trainer, sft_records = train_sft(
+        config, model, tokenizer, sft_data, sft_dir, device, evaluate_fn, timings=sft_timings
     )
     _save(sft_trainer.model, tokenizer, sft_dir)
     stages["sft"] = evaluate_fn(sft_trainer.model)
@@ -369,7 +383,7 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     if config.sft_control:
         stage_start = time.perf_counter()
         control = run_sft_control(
-            config, tokenizer, sft_dir, held_out, timings["rl"], sft_train_seconds, device, evaluate_fn
+            config, tokenizer, sft_dir, held_out, timings["rl"], sft_timings["train_s"], device, evaluate_fn
         )
         stages["sft_control"] = control.pop("result")
         timings["sft_control"] = time.perf_counter() - stage_start
