@@ -269,7 +269,9 @@ def run_plain(config, tokenizer, model_dir, trainer, batches, steps, warmup, pad
                 per_token_loss = -torch.min(ratio * advantages, clipped * advantages)  # (B, C)
                 if ref_model is not None:
                     delta = ref[k] - logps
-                    per_token_loss = per_token_loss + config.effective_beta * (torch.exp(delta) - delta - 1)  # k3 estimator
+                    per_token_loss = per_token_loss + config.effective_beta * (
+                        torch.exp(delta) - delta - 1
+                    )  # k3 estimator
                 loss = (per_token_loss * completion_mask).sum() / num_tokens
             with timers.time("backward"):
                 loss.backward()
