@@ -7,10 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from trl_diffusion import fast_sampling
-from trl_diffusion.cache import BlockKVCache
-from trl_diffusion.fast_sampling import select_parallel
-from trl_diffusion.sampling import DiffusionGenerationConfig, generate
+from trl_diffusion.sampling import BlockKVCache, DiffusionGenerationConfig, FirstLayerDrift, generate, select_parallel
+from trl_diffusion.sampling import sampler as sampler_module
 from trl_diffusion.testing import build_tokenizer, tiny_dream_model, tiny_llada_model, tiny_standin_model
 
 
@@ -178,7 +176,7 @@ def test_drift_matches_plain_reference(tok, factory, cache, monkeypatch):
     span = (start - 1, end if cache == "dual" else length)  # a shifted span (Dream's) still leaves both sides
     outside = [j for j in range(length) if not span[0] <= j < span[1]]
     seen = _capture_first_layer(model, monkeypatch)
-    drift = fast_sampling.FirstLayerDrift(model, am, pos, tolerance=0.05)
+    drift = FirstLayerDrift(model, am, pos, tolerance=0.05)
     with torch.no_grad():
         drift.record(x, start, end, span)
         model(input_ids=x, attention_mask=am, position_ids=pos)
@@ -343,7 +341,7 @@ def test_agreed_stop_waits_for_other_ranks(tok, monkeypatch):
         all_reduce=fake_all_reduce,
         ReduceOp=SimpleNamespace(MAX="max"),
     )
-    monkeypatch.setattr(fast_sampling, "dist", fake)
+    monkeypatch.setattr(sampler_module, "dist", fake)
     model = tiny_llada_model(tok, num_layers=1)
     ids, mask = _prompts(tok)
     config = _config(gen_length=8, block_length=4, steps=8, threshold=1e-12)  # 4 steps per block

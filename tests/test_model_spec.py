@@ -2,7 +2,7 @@ import pytest
 from transformers import PretrainedConfig
 
 from trl_diffusion import MODEL_SPECS, get_model_spec
-from trl_diffusion.models.spec import require_mask_token_id
+from trl_diffusion.spec import require_mask_token_id
 
 
 def _config(model_type, **kwargs):

@@ -288,8 +288,8 @@ def evaluate_task(
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    from trl_diffusion.models.spec import get_model_spec
     from trl_diffusion.sampling import generate
+    from trl_diffusion.spec import get_model_spec
 
     generation_config = config.generation_config(gen_length)
     spec = get_model_spec(model, tokenizer)

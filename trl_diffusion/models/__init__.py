@@ -17,7 +17,7 @@ from trl_diffusion.models.llada import (
     LLaDAForMaskedDiffusion,
     LLaDAModel,
 )
-from trl_diffusion.models.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec, require_mask_token_id
+from trl_diffusion.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec, require_mask_token_id
 
 
 def _register() -> None:

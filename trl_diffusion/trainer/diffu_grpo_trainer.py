@@ -12,8 +12,8 @@ from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import get_config_model_id, pad
 
 from trl_diffusion.likelihood import LOGP_ESTIMATORS, derive_mask_seeds, derive_seed
-from trl_diffusion.models.spec import get_model_spec, require_mask_token_id
 from trl_diffusion.sampling import DiffusionGenerationConfig, generate
+from trl_diffusion.spec import get_model_spec, require_mask_token_id
 from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig, check_supported_options
 
 

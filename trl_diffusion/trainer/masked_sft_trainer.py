@@ -11,7 +11,7 @@ from trl import SFTTrainer
 from trl.data_utils import get_dataset_column_names, is_conversational_from_value, maybe_convert_to_chatml
 
 from trl_diffusion.masking import mask_response_tokens, sample_mask_ratios
-from trl_diffusion.models.spec import get_model_spec, require_mask_token_id
+from trl_diffusion.spec import get_model_spec, require_mask_token_id
 from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig
 
 
