@@ -32,7 +32,7 @@ def make_config(tmp_path, **overrides):
         "num_generations": 4,
         "max_completion_length": 8,
         "block_length": 4,
-        "diffusion_steps": 4,
+        "rollout_steps": 4,
         "max_steps": 1,
         "learning_rate": 1e-2,
         "gradient_checkpointing": False,
@@ -149,7 +149,7 @@ def test_trl_user_script_runs_with_names_swapped(tmp_path, standin_model_path):
     trainer = namespace["trainer"]
     assert isinstance(trainer, DiffuGRPOTrainer)
     assert trainer.state.global_step == 2
-    assert trainer.args.block_length == 8 and trainer.args.diffusion_steps == 4  # derived from the length
+    assert trainer.args.block_length == 8 and trainer.args.rollout_steps == 4  # derived from the length
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 2 and all(np.isfinite(entry["loss"]) for entry in logs)
     assert "reward" in logs[0] and "completions/mean_length" in logs[0]
@@ -203,7 +203,7 @@ def test_inner_iterations_use_each_mask_once_and_first_ratio_is_one(tmp_path, st
     # forward passes besides generation, per generation batch: mu old-policy passes and mu reference passes over
     # the batch (in chunks of per_device_train_batch_size), and one per optimisation micro-step
     chunks = spg
-    assert trainer.passes["rollout"] == config.diffusion_steps
+    assert trainer.passes["rollout"] == config.rollout_steps
     assert trainer.passes["no_grad"] == mu * chunks
     assert trainer.passes["ref"] == mu * chunks
     assert trainer.passes["grad"] == 6
@@ -399,7 +399,7 @@ def test_refused_trainer_arguments(tmp_path, standin_model_path, no_model_loadin
 
 def test_config_defaults_follow_d1(tmp_path):
     config = DiffuGRPOConfig(str(tmp_path), bf16=False)
-    assert (config.max_completion_length, config.block_length, config.diffusion_steps) == (256, 32, 128)
+    assert (config.max_completion_length, config.block_length, config.rollout_steps) == (256, 32, 128)
     assert (config.temperature, config.scoring_temperature, config.p_mask_prompt) == (0.9, 1.0, 0.15)
     assert config.random_masking and config.remasking == "low_confidence" and config.cfg_scale == 0.0
 
@@ -408,7 +408,7 @@ def test_config_defaults_follow_d1(tmp_path):
     ("overrides", "message"),
     [
         ({"max_completion_length": 12, "block_length": 8}, "multiple of `block_length`"),
-        ({"max_completion_length": 16, "block_length": 4, "diffusion_steps": 6}, "number of blocks"),
+        ({"max_completion_length": 16, "block_length": 4, "rollout_steps": 6}, "number of blocks"),
         ({"p_mask_prompt": 1.0}, "p_mask_prompt"),
         ({"remasking": "topk"}, "remasking"),
         ({"cfg_scale": -1.0}, "cfg_scale"),

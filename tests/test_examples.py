@@ -54,7 +54,7 @@ def test_grpo_recipes_parse_with_d1_settings(path):
     assert training_args.num_generations == 6
     assert training_args.max_completion_length == 256
     assert training_args.block_length == 32
-    assert training_args.diffusion_steps == 128
+    assert training_args.rollout_steps == 128
     assert training_args.temperature == 0.9
     assert training_args.beta == 0.04
     assert training_args.scale_rewards == "none"

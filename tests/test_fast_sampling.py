@@ -414,7 +414,7 @@ def test_diffu_grpo_trains_with_fast_rollouts(tmp_path, tok, peft):
 
     args = DiffuGRPOConfig(
         output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
-        block_length=4, diffusion_steps=4, num_iterations=2, steps_per_generation=1, max_steps=2,
+        block_length=4, rollout_steps=4, num_iterations=2, steps_per_generation=1, max_steps=2,
         learning_rate=1e-2, bf16=False, report_to="none", save_strategy="no", disable_tqdm=True, seed=0,
         rollout_cache="dual", rollout_threshold=0.9,
         diffusion_generation_kwargs={"cache_refresh_drift": 0.1} if peft else None,
@@ -496,15 +496,15 @@ def test_eval_flags_reach_the_sampler():
     assert not default.generation_config(256).is_fast
 
 
-def test_demo_fast_rollouts_flag(monkeypatch):
+def test_demo_rollout_threshold_flag(monkeypatch):
     import trl_diffusion.demo.pipeline as pipeline
     from trl_diffusion.commands import demo
 
     seen = []
     monkeypatch.setattr(pipeline, "run_demo", lambda config: seen.append(config) or {})
-    demo.main(["--quick", "--no-progress", "--fast-rollouts", "--device", "cpu"])
+    demo.main(["--quick", "--no-progress", "--rollout-threshold", "0.9", "--device", "cpu"])
     demo.main(["--quick", "--no-progress", "--device", "cpu"])
-    assert [c.fast_rollouts for c in seen] == [True, False]
+    assert [c.rollout_threshold for c in seen] == [0.9, None]
 
 
 @pytest.mark.slow
@@ -513,9 +513,9 @@ def test_demo_runs_with_fast_rollouts(tmp_path):
     from trl_diffusion.demo.pipeline import run_demo
 
     metrics = run_demo(
-        DemoConfig.quick(output_dir=str(tmp_path), device="cpu", fast_rollouts=True, show_progress=False)
+        DemoConfig.quick(output_dir=str(tmp_path), device="cpu", rollout_threshold=0.9, show_progress=False)
     )
-    assert metrics["settings"]["fast_rollouts"] is True
+    assert metrics["settings"]["rollout_threshold"] == 0.9
     assert 0.0 <= metrics["stages"]["rl"]["accuracy"] <= 1.0
 
 

@@ -5,7 +5,9 @@ the demo ([`~trl_diffusion.DemoConfig`]) build one with [`DiffusionGenerationCon
 defaults, so that every option has one validation and one error message.
 """
 
+import contextlib
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 
@@ -146,8 +148,9 @@ class DiffusionGenerationConfig:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         if self.gen_length % self.block_length != 0:
             raise ValueError(
-                f"`gen_length` ({self.gen_length}) must be divisible by `block_length` ({self.block_length}). "
-                f"Pick a block length that divides it, or `block_length={self.gen_length}` for a single block."
+                f"`gen_length` ({self.gen_length}) must be divisible by `block_length` ({self.block_length}), i.e. a "
+                f"multiple of `block_length`. Pick a block length that divides it, or {self.gen_length} for a single "
+                "block."
             )
         if self.steps % self.num_blocks != 0:
             raise ValueError(
@@ -242,3 +245,20 @@ class DiffusionGenerationConfig:
     @property
     def is_random(self) -> bool:
         return self.temperature > 0 or self.remasking == "random"
+
+
+@contextlib.contextmanager
+def named_as(names: Mapping[str, str]) -> Iterator[None]:
+    """
+    Re-raise the `ValueError`s of [`DiffusionGenerationConfig`] raised inside the block with its field names written
+    as the caller names them (`names` maps a field to its spelling there, e.g. `{"gen_length":
+    "`max_completion_length`"}` or `{"steps": "--steps"}`), so that the trainer, evaluation and demo configs reuse
+    the sampler's validation and messages instead of repeating them.
+    """
+    try:
+        yield
+    except ValueError as error:
+        message = str(error)
+        for name, spelling in names.items():
+            message = message.replace(f"`{name}`", spelling)
+        raise ValueError(message) from error
