@@ -64,7 +64,7 @@ import torch
 from trl_diffusion.demo.evaluation import evaluate
 from trl_diffusion.demo.task import ANSWER_LENGTH, MAX_DIGITS, held_out_prompts, score, solve, training_prompts
 from trl_diffusion.sampling import DiffusionGenerationConfig, generate
-from trl_diffusion.testing import build_tokenizer, tiny_llada_model
+from trl_diffusion.toy import build_tokenizer, tiny_llada_model
 
 
 LLADA_VOCAB_SIZE = 126464  # LLaDA-8B's embedding / head rows

@@ -17,7 +17,7 @@ from trl_diffusion import (
 )
 from trl_diffusion.demo.evaluation import evaluate
 from trl_diffusion.demo.task import ANSWER_LENGTH, held_out_prompts, rl_dataset, sft_dataset, sorting_reward
-from trl_diffusion.testing import build_tokenizer, save_tiny_model
+from trl_diffusion.toy import build_tokenizer, save_tiny_model
 
 
 SEED, OUT = 0, "quickstart_output"

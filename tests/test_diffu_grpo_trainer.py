@@ -446,7 +446,7 @@ def test_scoring_follows_the_model_spec_logit_shift(tmp_path, tokenizer):
     from transformers import AutoConfig
 
     from trl_diffusion.likelihood import one_step_per_token_logps
-    from trl_diffusion.testing import save_tiny_model
+    from trl_diffusion.toy import save_tiny_model
 
     # a Dream-like model: the prediction for position i is read at i - 1
     path = save_tiny_model(tmp_path / "shifted", tokenizer=tokenizer, num_layers=1)
@@ -485,7 +485,7 @@ def test_native_llada_and_dream(tmp_path, tokenizer, kind, peft):
     from peft import LoraConfig
 
     import trl_diffusion
-    from trl_diffusion.testing import save_tiny_model
+    from trl_diffusion.toy import save_tiny_model
 
     path = save_tiny_model(tmp_path / kind, kind=kind, tokenizer=tokenizer)
     # beta > 0 always: with PEFT the reference is the adapter-disabled policy, without it TRL rebuilds a full

@@ -41,7 +41,7 @@ class OracleModel(torch.nn.Module):
 @pytest.fixture(scope="module")
 def long_context_model_path(tmp_path_factory, tokenizer):
     # d1's prompts are ~500-700 characters, i.e. tokens for the character-level test tokenizer
-    from trl_diffusion.testing import save_tiny_model
+    from trl_diffusion.toy import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny"), tokenizer=tokenizer, max_position_embeddings=1024)
 

@@ -9,7 +9,7 @@ import torch
 
 from trl_diffusion.sampling import BlockKVCache, DiffusionGenerationConfig, FirstLayerDrift, generate, select_parallel
 from trl_diffusion.sampling import sampler as sampler_module
-from trl_diffusion.testing import build_tokenizer, tiny_dream_model, tiny_llada_model, tiny_standin_model
+from trl_diffusion.toy import build_tokenizer, tiny_dream_model, tiny_llada_model, tiny_standin_model
 
 
 MASK = 2

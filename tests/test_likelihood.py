@@ -9,7 +9,7 @@ from trl_diffusion.likelihood import (
     one_step_per_token_logps,
     random_prompt_mask,
 )
-from trl_diffusion.testing import tiny_standin_model
+from trl_diffusion.toy import tiny_standin_model
 
 
 MASK_ID = 2

@@ -14,7 +14,7 @@ import trl_diffusion
 import trl_diffusion.trainer.masked_sft_trainer as trainer_module
 from trl_diffusion import MaskedSFTConfig, MaskedSFTTrainer
 from trl_diffusion.masking import mask_response_tokens
-from trl_diffusion.testing import tiny_dream_model, tiny_llada_model, tiny_standin_model
+from trl_diffusion.toy import tiny_dream_model, tiny_llada_model, tiny_standin_model
 
 
 def make_args(tmp_path, **kwargs):

@@ -58,7 +58,7 @@ def test_unknown_family_tokenizer_fills_in_after_config():
 
 
 def test_native_tiny_models_resolve_to_the_tiny_tokenizer_ids(tokenizer):
-    from trl_diffusion.testing import tiny_dream_model, tiny_llada_model
+    from trl_diffusion.toy import tiny_dream_model, tiny_llada_model
 
     for factory, shift in ((tiny_llada_model, False), (tiny_dream_model, True)):
         spec = get_model_spec(factory(tokenizer))

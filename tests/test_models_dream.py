@@ -6,11 +6,11 @@ import os
 
 import pytest
 import torch
+from fake_checkpoints import save_official_dream_checkpoint
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForCausalLM
 
 from trl_diffusion.models import DreamConfig, DreamForMaskedDiffusion, DreamModel
-from trl_diffusion.testing import save_official_dream_checkpoint
 
 
 def reference_dream_logits(path, input_ids):

@@ -2,16 +2,11 @@
 
 import pytest
 import torch
+from fake_checkpoints import save_official_dream_checkpoint, save_official_llada_checkpoint
 from transformers import AutoModelForCausalLM
 
 from trl_diffusion.models import DreamForMaskedDiffusion, LLaDAForMaskedDiffusion
-from trl_diffusion.testing import (
-    save_official_dream_checkpoint,
-    save_official_llada_checkpoint,
-    save_tiny_model,
-    tiny_dream_model,
-    tiny_llada_model,
-)
+from trl_diffusion.toy import save_tiny_model, tiny_dream_model, tiny_llada_model
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,11 @@ import time
 
 import pytest
 import torch
+from fake_checkpoints import save_official_llada_checkpoint
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from trl_diffusion.models import LLaDAConfig, LLaDAForMaskedDiffusion, LLaDAModel
-from trl_diffusion.testing import save_official_llada_checkpoint
 
 
 def reference_llada_logits(path, input_ids):

@@ -288,7 +288,7 @@ def test_trl_loads_native_checkpoints_by_path(tmp_path, tokenizer, kind):
     # TRL builds policies and full reference models with `create_model_from_path`, which reads `config.auto_map`.
     from trl.trainer.utils import create_model_from_path
 
-    from trl_diffusion.testing import save_tiny_model
+    from trl_diffusion.toy import save_tiny_model
 
     path = save_tiny_model(tmp_path / kind, kind=kind, tokenizer=tokenizer)
     model = create_model_from_path(path)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from transformers.modeling_utils import slice_logits_to_keep
 
 from trl_diffusion.sampling import DiffusionGenerationConfig, generate
-from trl_diffusion.testing import tiny_standin_model
+from trl_diffusion.toy import tiny_standin_model
 
 
 MASK_ID = 2  # `<|mdm_mask|>` of the testing tokenizer

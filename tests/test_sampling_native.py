@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trl_diffusion.sampling import DiffusionGenerationConfig, generate, max_and_argmax
-from trl_diffusion.testing import tiny_dream_model, tiny_llada_model
+from trl_diffusion.toy import tiny_dream_model, tiny_llada_model
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")

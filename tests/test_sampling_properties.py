@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trl_diffusion.sampling import DiffusionGenerationConfig, generate, num_transfer_tokens
-from trl_diffusion.testing import tiny_standin_model
+from trl_diffusion.toy import tiny_standin_model
 
 
 MASK_ID = 2

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_diffusion import get_model_spec
-from trl_diffusion.testing import build_tokenizer, save_tiny_model, tiny_standin_model
+from trl_diffusion.toy import build_tokenizer, save_tiny_model, tiny_standin_model
 
 
 def test_tokenizer_round_trip(tmp_path, tokenizer):

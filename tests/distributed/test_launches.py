@@ -34,7 +34,7 @@ import pytest
 import torch
 from filelock import FileLock
 
-from trl_diffusion.testing import save_tiny_model
+from trl_diffusion.toy import save_tiny_model
 
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 """The demo pipeline: untrained eval -> masked SFT -> eval -> diffu-GRPO -> eval, with curves and a report.
 
 Everything is offline: the character tokenizer and a tiny LLaDA-architecture model come from
-[`trl_diffusion.testing`], the digit-sorting task from [`trl_diffusion.demo.task`]. Training uses the package's
+[`trl_diffusion.toy`], the digit-sorting task from [`trl_diffusion.demo.task`]. Training uses the package's
 [`MaskedSFTTrainer`] and [`DiffuGRPOTrainer`]; evaluation uses the package's sampler.
 """
 
@@ -25,7 +25,7 @@ from trl_diffusion.demo.task import (
     sft_dataset,
     sorting_reward,
 )
-from trl_diffusion.testing import build_tokenizer, tiny_llada_model
+from trl_diffusion.toy import build_tokenizer, tiny_llada_model
 
 
 STAGES = ("untrained", "sft", "rl")
