@@ -10,6 +10,7 @@ from trl.extras.profiling import profiling_context
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import get_config_model_id, pad
 
+import trl_diffusion.models  # noqa: F401  (registers the native LLaDA / Dream classes with transformers)
 from trl_diffusion.end_of_answer import cut_at_end_of_answer, end_of_answer_ids
 from trl_diffusion.likelihood import LOGP_ESTIMATORS, derive_mask_seeds, derive_seed
 from trl_diffusion.sampling import DiffusionGenerationConfig, generate

@@ -10,6 +10,7 @@ from transformers.utils import logging
 from trl import SFTTrainer
 from trl.data_utils import get_dataset_column_names, is_conversational_from_value, maybe_convert_to_chatml
 
+import trl_diffusion.models  # noqa: F401  (registers the native LLaDA / Dream classes with transformers)
 from trl_diffusion.end_of_answer import end_of_answer_ids
 from trl_diffusion.masking import mask_response_tokens, sample_mask_ratios
 from trl_diffusion.spec import get_model_spec, require_mask_token_id

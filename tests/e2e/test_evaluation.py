@@ -11,7 +11,7 @@ from trl_diffusion.evaluation import EvalConfig, evaluate_task, format_table, su
 from trl_diffusion.tasks import get_task
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 GSM8K_FIXTURE = os.path.join(FIXTURES, "gsm8k.jsonl")
 

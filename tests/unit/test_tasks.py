@@ -10,7 +10,7 @@ from trl_diffusion.tasks import TASKS, all_grids, generate_countdown, generate_s
 from trl_diffusion.tasks.countdown import instance_key
 
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
 
 
 def _is_valid_grid(grid: str) -> bool:

@@ -160,7 +160,7 @@ def test_init_signature_is_grpo_trainers():
 
 
 def test_loss_types_and_importance_sampling_levels():
-    from tests.test_diffu_grpo_trainer import LOSS_TYPES
+    from tests.trainers.test_diffu_grpo_trainer import LOSS_TYPES
 
     fields = GRPOConfig.__dataclass_fields__
     help_text = fields["loss_type"].metadata["help"]

@@ -178,7 +178,7 @@ def test_cli_lists_demo_and_its_flags(capsys):
 def quick_demo(tmp_path_factory):
     """`trl-diffusion demo --quick` run as a user would, in a fresh interpreter."""
     output_dir = tmp_path_factory.mktemp("demo")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.setdefault("OMP_NUM_THREADS", "1")  # test workers run side by side (pytest -n 2): one thread each
     command = [sys.executable, "-m", "trl_diffusion.cli", "demo", "--quick", "--device", "cpu", "--seed", "3"]

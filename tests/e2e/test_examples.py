@@ -17,7 +17,7 @@ from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig
 from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "examples", "recipes", "*.yaml")))
 # The recipes train in bf16 on GPUs; on this CPU-only machine transformers accepts bf16 only with use_cpu.
 CPU_FLAGS = ["--use_cpu", "true"]
