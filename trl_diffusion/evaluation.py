@@ -7,9 +7,10 @@ composition and randomness therefore do not depend on the number of processes: o
 same completions and scores.
 
 d1 (`eval/eval.py`) evaluates 0-shot with block length 32, `gen_length / 2` diffusion steps, greedy decoding, and the
-answer pre-filled with `<reasoning>` after the chat template's generation prompt; those are the defaults here. The
-reported score is the mean per-sample metric of the task (accuracy; for Sudoku the fraction of empty cells solved)
-times 100.
+answer pre-filled with `<reasoning>` after the chat template's generation prompt; those are the defaults here. Each
+task's metrics (`Task.metrics`) are reported as the mean per-sample score times 100: accuracy for GSM8K, MATH500 and
+Countdown; for Sudoku two cell accuracies, `cell_accuracy_d1` (d1's rule, the number of d1's Table 1) and
+`cell_accuracy_strict` (only complete 16-digit grids that keep the clues are scored).
 """
 
 import json
@@ -37,6 +38,8 @@ _SAMPLER_FLAGS = (
     "cache_refresh_drift",
     "threshold",
 )
+# Column titles of metrics, for tasks reported with more than one metric.
+METRIC_TITLES = {"cell_accuracy_d1": "d1-comparable cells", "cell_accuracy_strict": "strict cells"}
 # d1 evaluates Countdown and Sudoku on 256 instances and GSM8K / MATH500 on the whole test set (eval/eval.py).
 D1_EVAL_SIZES = {"countdown": 256, "sudoku": 256}
 
@@ -265,7 +268,8 @@ def evaluate_task(
     """
     Generate and score `dataset` (a task dataset from `Task.load`) at one generation length. Returns one record per
     example, in dataset order, on every process: `index`, `question`, `prompt` (rendered text), `completion`
-    (prefill + generated text), `score`, and the task's reward columns.
+    (prefill + generated text), `scores` (one per metric of `task.metrics`), `score` (the first metric's) and the
+    task's reward columns.
     """
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
@@ -329,37 +333,72 @@ def evaluate_task(
         raise RuntimeError("Gathered evaluation results do not cover the dataset exactly once; this is a bug.")
 
     columns = {name: dataset[name] for name in task.reward_columns}
-    scores = task.metric(prompts=dataset["prompt"], completions=[r["completion"] for r in records], **columns)
-    for record, score in zip(records, scores, strict=True):
+    completions = [r["completion"] for r in records]
+    scores = {
+        name: metric(prompts=dataset["prompt"], completions=completions, **columns)
+        for name, metric in task.metrics.items()
+    }
+    for position, record in enumerate(records):
         example = dataset[record["index"]]
         record["question"] = example["question"]
         record.update({name: example[name] for name in task.reward_columns})
-        record["score"] = None if score is None else float(score)
+        record["scores"] = {
+            name: None if values[position] is None else float(values[position]) for name, values in scores.items()
+        }
+        record["score"] = next(iter(record["scores"].values()))
     return records
 
 
+def _mean_percent(values: list) -> float:
+    scored = [value for value in values if value is not None]
+    return 100.0 * sum(scored) / len(scored) if scored else float("nan")
+
+
 def summarize(records: list[dict]) -> dict:
-    """Mean score x 100 over scored samples (samples whose gold answer cannot be parsed are left out), and counts."""
-    scored = [r["score"] for r in records if r["score"] is not None]
-    return {
-        "score": 100.0 * sum(scored) / len(scored) if scored else float("nan"),
+    """
+    Mean score x 100 over scored samples (samples whose gold answer cannot be parsed are left out), and counts; with
+    per-metric `scores` in the records, also `metrics`: the mean x 100 of each metric.
+    """
+    summary = {
+        "score": _mean_percent([r["score"] for r in records]),
         "num_samples": len(records),
-        "num_scored": len(scored),
+        "num_scored": sum(r["score"] is not None for r in records),
     }
+    if records and all("scores" in r for r in records):
+        names = list(records[0]["scores"])
+        summary["metrics"] = {name: _mean_percent([r["scores"][name] for r in records]) for name in names}
+    return summary
 
 
 def format_table(summary: list[dict], tasks: list[str], gen_lengths: list[int]) -> str:
-    """A Markdown table shaped like d1's Table 1: one row per model, columns task x generation length."""
+    """
+    A Markdown table shaped like d1's Table 1: one row per model, columns task x generation length; a task with
+    several metrics (Sudoku) gets one group of columns per metric, named by `METRIC_TITLES`.
+    """
     models = list(dict.fromkeys(entry["model"] for entry in summary))
-    scores = {(e["model"], e["task"], e["gen_length"]): e["score"] for e in summary}
-    header = ["Model"] + [f"{TASK_TITLES.get(t, t)} {n}" for t in tasks for n in gen_lengths]
+    scores, metric_names = {}, {task: [] for task in tasks}
+    for entry in summary:
+        metrics = entry.get("metrics") or {None: entry["score"]}
+        for name, value in metrics.items():
+            scores[(entry["model"], entry["task"], name, entry["gen_length"])] = value
+            if entry["task"] in metric_names and name not in metric_names[entry["task"]]:
+                metric_names[entry["task"]].append(name)
+    columns, header = [], ["Model"]
+    for task in tasks:
+        names = metric_names[task] or [None]
+        for name in names:
+            title = TASK_TITLES.get(task, task)
+            if len(names) > 1:
+                title = f"{title} {METRIC_TITLES.get(name, name)}"
+            for length in gen_lengths:
+                columns.append((task, name, length))
+                header.append(f"{title} {length}")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|"]
     for model in models:
         cells = []
-        for task in tasks:
-            for length in gen_lengths:
-                value = scores.get((model, task, length))
-                cells.append("-" if value is None or math.isnan(value) else f"{value:.1f}")
+        for task, name, length in columns:
+            value = scores.get((model, task, name, length))
+            cells.append("-" if value is None or math.isnan(value) else f"{value:.1f}")
         lines.append("| " + " | ".join([model] + cells) + " |")
     return "\n".join(lines)
 
@@ -389,7 +428,8 @@ def evaluate_models(config: EvalConfig, accelerator=None) -> dict:
                 start = time.perf_counter()
                 records = evaluate_task(model, tokenizer, task, dataset, gen_length, config, accelerator)
                 generation = config.generation_config(gen_length)
-                entry = {"model": label, "task": name, "gen_length": gen_length, **summarize(records)}
+                entry = {"model": label, "task": name, "gen_length": gen_length, "metric": next(iter(task.metrics))}
+                entry.update(summarize(records))
                 entry.update(block_length=generation.block_length, steps=generation.steps)
                 entry["seconds"] = time.perf_counter() - start
                 summary.append(entry)

@@ -101,6 +101,39 @@ def test_evaluate_task_scores_known_completions(tokenizer):
     assert summarize(records)["score"] == pytest.approx(100 / 6)
 
 
+def test_evaluate_task_reports_both_sudoku_metrics(tokenizer):
+    # the oracle answers the first puzzle's solution with one digit too many: d1's rule truncates it to the solution
+    # (cell accuracy 1), the strict score rejects a 17-digit answer (0)
+    from trl_diffusion.rewards import sudoku_d1_reward, sudoku_reward
+
+    task = get_task("sudoku")
+    dataset = task.load("test", limit=3, seed=0)
+    answer = f"</reasoning><answer>{dataset[0]['solution']}1</answer>"
+    model = OracleModel(
+        tokenizer.encode(answer, add_special_tokens=False),
+        gen_length=48,
+        vocab_size=len(tokenizer),
+        eos_id=tokenizer.eos_token_id,
+        mask_id=tokenizer.mask_token_id,
+    )
+    config = EvalConfig(
+        model_name_or_path=["oracle"], tasks=["sudoku"], gen_lengths=[48], block_length=16, batch_size=2
+    )
+    records = evaluate_task(model, tokenizer, task, dataset, 48, config)
+    assert records[0]["scores"] == {"cell_accuracy_d1": 1.0, "cell_accuracy_strict": 0.0}
+    columns = {"puzzle": dataset["puzzle"], "solution": dataset["solution"]}
+    completions = [r["completion"] for r in records]
+    assert [r["scores"]["cell_accuracy_d1"] for r in records] == sudoku_d1_reward(completions=completions, **columns)
+    assert [r["scores"]["cell_accuracy_strict"] for r in records] == sudoku_reward(completions=completions, **columns)
+    assert all(r["score"] == r["scores"]["cell_accuracy_d1"] for r in records)
+    summary = summarize(records)
+    assert summary["metrics"]["cell_accuracy_d1"] == pytest.approx(100 * sum(r["score"] for r in records) / 3)
+    assert summary["metrics"]["cell_accuracy_strict"] == 0.0
+    table = format_table([{"model": "m", "task": "sudoku", "gen_length": 48, **summary}], ["sudoku"], [48])
+    assert table.splitlines()[0] == "| Model | Sudoku d1-comparable cells 48 | Sudoku strict cells 48 |"
+    assert table.splitlines()[2].endswith(" | 0.0 |")
+
+
 def _eval_args(model_path: str, output_dir: str, extra: tuple[str, ...] = ()) -> list[str]:
     return [
         "eval",
@@ -148,6 +181,7 @@ def test_eval_cli_writes_json_and_table(long_context_model_path, tmp_path, capsy
         assert entry["num_samples"] == 3
         assert (entry["block_length"], entry["steps"]) == (8, 4)
         assert entry["score"] == pytest.approx(100 * sum(s["score"] for s in samples) / len(samples))
+        assert entry["metric"] == "accuracy" and entry["metrics"] == {"accuracy": entry["score"]}
     for sample in results["samples"]:
         assert sample["completion"].startswith("<reasoning>")
         assert 0.0 <= sample["score"] <= 1.0

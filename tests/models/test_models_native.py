@@ -239,7 +239,7 @@ def test_generate_runs_the_diffusion_sampler(loaded, family_path, tokenizer):
 
 
 def test_default_position_ids_count_real_tokens_only():
-    from trl_diffusion.models.bidirectional import position_ids_from_mask
+    from trl_diffusion.positions import position_ids_from_mask
 
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     expected = torch.tensor([[0, 0, 0, 1, 2], [0, 1, 2, 2, 2], [0, 1, 2, 3, 4]])

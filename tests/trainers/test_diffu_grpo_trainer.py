@@ -222,6 +222,48 @@ def test_fixed_mask_without_random_masking(tmp_path, standin_model_path):
     assert trainer.passes["no_grad"] == 1 and trainer.passes["ref"] == 1  # one mask: one pass each
 
 
+@pytest.mark.parametrize(
+    ("estimator", "options", "passes"),
+    [
+        ("one_step", {}, 1),
+        ("coupled", {}, 3),
+        ("mc_elbo", {"num_mc": 1, "mc_complement": True}, 2),
+        ("spg_block", {"spg_num_draws": 2}, 2),
+    ],
+)
+def test_every_estimator_trains_every_parameter_with_old_equal_current(
+    tmp_path, standin_model_path, estimator, options, passes
+):
+    mu, spg, ga = 3, 2, 2
+    config = make_config(
+        tmp_path,
+        per_device_train_batch_size=2,
+        num_generations=2,
+        num_iterations=mu,
+        steps_per_generation=spg,
+        gradient_accumulation_steps=ga,
+        beta=0.04,
+        max_steps=3,  # one generation batch, 3 inner iterations of 2 micro-steps
+        likelihood_estimator=estimator,
+        **options,
+    )
+    trainer = TracedTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
+    before = trainable_snapshot(trainer)
+    trainer.train()
+    assert_all_changed(trainer, before)
+    losses, scorings = trainer.trace["loss"], trainer.trace["scoring"]
+    assert len(losses) == len(scorings) == 6
+    for loss, scoring in zip(losses, scorings, strict=True):
+        k = (loss["step"] // spg) % mu
+        assert torch.equal(scoring["seeds"], loss["mask_seeds"][:, k])
+        if k == 0:  # same masks, same weights: old == current exactly
+            assert torch.equal(scoring["logps"], loss["old_per_token_logps"][:, 0])
+    assert first_logged(trainer, "kl") == 0.0
+    # the estimator's passes per row times the passes of the one-step estimate (see the test above)
+    assert trainer.passes["no_grad"] == trainer.passes["ref"] == mu * spg * passes
+    assert trainer.passes["grad"] == 6 * passes
+
+
 # --- KL against a reference ---
 
 

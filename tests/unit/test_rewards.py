@@ -1,5 +1,6 @@
 import builtins
 import inspect
+import re
 from fractions import Fraction
 
 import pytest
@@ -11,11 +12,14 @@ from trl_diffusion.rewards import (
     extract_answer_block,
     extract_last_boxed,
     format_reward,
+    gsm8k_reward,
     math_reward,
     strict_format_reward,
+    sudoku_d1_reward,
     sudoku_reward,
 )
 from trl_diffusion.rewards.countdown import InvalidExpression
+from trl_diffusion.rewards.math_answer import strip_unit_words
 from trl_diffusion.rewards.sudoku import is_valid_solution
 
 
@@ -63,7 +67,6 @@ def test_answer_extraction():
         (wrap(r"\boxed{\frac{1}{2}}"), "0.5"),
         (wrap(r"\boxed{\dfrac{1}{2}}"), "1/2"),
         (wrap("1,000"), "1000"),
-        (wrap("72 dollars"), "72"),
         (wrap(r"\boxed{(3, \frac{\pi}{2})}"), r"\left( 3, \frac{\pi}{2} \right)"),
         (r"no tags but \boxed{72}", "72"),
         (as_messages(wrap("72")), "72"),
@@ -78,7 +81,8 @@ def test_math_reward_accepts_equivalent_forms(completion, gold):
     [
         (wrap("71"), "72"),
         (wrap(r"10\sqrt{2}"), "10"),  # a partial read of a LaTeX answer must not count
-        (wrap(r"\boxed{3"), "3"),  # cut off inside the box
+        ("<answer>\n\\boxed{3", "3"),  # cut off inside the box, before the end of the answer block
+        (r"the answer is \boxed{3", "3"),
         ("the answer is 72", "72"),  # no answer stated in the d1 layout
         ("", "72"),
         (wrap("(((((((((("), "1"),
@@ -93,8 +97,29 @@ def test_math_reward_rejects_wrong_or_malformed(completion, gold):
 
 def test_math_reward_skips_unparseable_gold_and_checks_columns():
     assert math_reward(prompts=None, completions=[wrap("1")], answer=[""]) == [None]
+    assert math_reward(prompts=None, completions=[""], answer=[""]) == [None]
     with pytest.raises(ValueError, match="answer"):
         math_reward(prompts=None, completions=[wrap("1")])
+    with pytest.raises(ValueError, match="answer"):
+        gsm8k_reward(prompts=None, completions=[wrap("1")], answer=["1", "2"])
+
+
+def test_gsm8k_reward_reads_unit_words_but_no_other_text():
+    golds = ["72", "360", "5", "10", "5", "3", "5"]
+    answers = [
+        "72 dollars",
+        r"\boxed{360\text{ hours} hours.",
+        "5 more apples",
+        r"\boxed{10 cars/day}",
+        "5 or more",
+        "2 or 3",
+    ]
+    answers.append("The answer is 5")  # a number picked out of a sentence is not an answer
+    completions = [wrap(answer) for answer in answers]
+    assert gsm8k_reward(prompts=None, completions=completions, answer=golds) == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    # MATH answers are read exactly as written
+    assert math_reward(prompts=None, completions=completions[:1], answer=golds[:1]) == [0.0]
+    assert strip_unit_words(r"2 pi") == "2 pi" and strip_unit_words("2u") == "2u"
 
 
 # --- countdown -------------------------------------------------------------------------------------------------------
@@ -226,3 +251,74 @@ def test_contract_grpo_trainer_calls_rewards_with_keywords():
     assert list(signature.parameters) == ["self", "inputs", "prompts", "completions", "completion_ids_list"]
     source = inspect.getsource(GRPOTrainer._calculate_rewards)
     assert "prompts=prompts, completions=completions, completion_ids=completion_ids_list, **reward_kwargs" in source
+
+
+def d1_sudoku_reference(generation: str, puzzle: str, solution: str) -> float:
+    # d1's rule written out plainly (eval/parse_and_get_acc.py, parse_sudoku_answers, of dllm-reasoning/d1), on a
+    # generation cut at its first end-of-sequence token (so "or the end of the text" ends the answer block too)
+    patterns = [
+        r"<answer>.*?```\s*([\d\s]+)```",
+        r"<answer>(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|</answer>|$)",
+        r"</answer>\s*(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|$)",
+        r".*?(\d{16})\s*</answer>",
+        r"\b(\d{16})\b",
+    ]
+    found = ""
+    for pattern in patterns:
+        if found:
+            break
+        match = re.search(pattern, generation, re.DOTALL)
+        if match and match.group(1).strip():
+            found = match.group(1).strip()
+    found = re.sub(r"\s", "", found)
+    empty = [i for i in range(16) if puzzle[i] == "0"]
+    if not found:
+        return 0.0
+    if len(found) < 16:
+        found = found + "0" * (16 - len(found))
+    elif len(found) > 16:
+        found = found[:16]
+    return sum(1 for i in empty if found[i] == solution[i]) / len(empty)
+
+
+D1_SUDOKU_CASES = {
+    "exact": wrap(SOLUTION),
+    "short": wrap(SOLUTION[:13]),  # padded with zeros: the last empty cells are wrong
+    "short, cells shifted": wrap(SOLUTION[:5] + SOLUTION[6:]),
+    "long": wrap(SOLUTION + "1234"),  # truncated to 16
+    "changed clue": wrap("4" + SOLUTION[1:]),  # d1 does not check clues
+    "spaced rows": wrap(" ".join(SOLUTION[i : i + 4] for i in range(0, 16, 4))),
+    "fenced": "<answer>\n```\n" + SOLUTION + "\n```\n</answer>",
+    "missing block": f"<reasoning>\nthe grid is {SOLUTION} done",
+    "after the block": f"<answer>\n</answer>\n{PUZZLE}",
+    "unclosed block": f"<answer>\n{SOLUTION[:8]}",
+    "non-digits": wrap("[" + SOLUTION + "]"),
+    "nothing": "<reasoning>\nno idea\n</reasoning>",
+}
+
+
+def test_sudoku_d1_metric_equals_d1_rule():
+    completions = list(D1_SUDOKU_CASES.values())
+    n = len(completions)
+    expected = [d1_sudoku_reference(c, PUZZLE, SOLUTION) for c in completions]
+    assert sudoku_d1_reward(prompts=None, completions=completions, puzzle=[PUZZLE] * n, solution=[SOLUTION] * n) == (
+        expected
+    )
+    scores = dict(zip(D1_SUDOKU_CASES, expected, strict=True))
+    assert scores["exact"] == scores["changed clue"] == scores["long"] == scores["fenced"] == 1.0
+    assert 0.0 < scores["short"] < 1.0 and scores["nothing"] == 0.0 and scores["after the block"] == 0.0
+    # the strict score gives 0 to every answer that is not exactly 16 digits keeping the clues
+    strict = sudoku_reward(prompts=None, completions=completions, puzzle=[PUZZLE] * n, solution=[SOLUTION] * n)
+    strict = dict(zip(D1_SUDOKU_CASES, strict, strict=True))
+    assert strict["exact"] == strict["spaced rows"] == 1.0
+    assert strict["short"] == strict["long"] == strict["changed clue"] == strict["missing block"] == 0.0
+
+
+def test_sudoku_task_reports_both_metrics_and_trains_on_the_strict_one():
+    from trl_diffusion.tasks import get_task
+
+    task = get_task("sudoku")
+    assert list(task.metrics) == ["cell_accuracy_d1", "cell_accuracy_strict"]
+    assert task.metrics["cell_accuracy_d1"] is sudoku_d1_reward
+    assert task.metrics["cell_accuracy_strict"] is sudoku_reward
+    assert task.reward_funcs == (sudoku_reward,)

@@ -8,9 +8,9 @@ no reward raises on model output, and none executes it.
 
 from trl_diffusion.rewards.countdown import countdown_reward, evaluate_countdown_expression
 from trl_diffusion.rewards.format import format_reward, strict_format_reward
-from trl_diffusion.rewards.math_answer import math_reward
-from trl_diffusion.rewards.sudoku import sudoku_reward
-from trl_diffusion.rewards.text import completion_text, extract_answer_block, extract_last_boxed
+from trl_diffusion.rewards.math_answer import gsm8k_reward, math_reward
+from trl_diffusion.rewards.sudoku import sudoku_d1_reward, sudoku_reward
+from trl_diffusion.rewards.text import completion_text, extract_answer_block, extract_last_boxed, final_answer
 
 
 __all__ = [
@@ -19,8 +19,11 @@ __all__ = [
     "evaluate_countdown_expression",
     "extract_answer_block",
     "extract_last_boxed",
+    "final_answer",
     "format_reward",
+    "gsm8k_reward",
     "math_reward",
     "strict_format_reward",
+    "sudoku_d1_reward",
     "sudoku_reward",
 ]

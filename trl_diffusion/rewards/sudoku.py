@@ -1,11 +1,21 @@
-"""4x4 Sudoku reward: the fraction of the puzzle's empty cells the model filled correctly (d1's metric).
+"""4x4 Sudoku scores: the fraction of the puzzle's empty cells the model filled correctly, read two ways.
 
-Grids are 16-character strings read row by row, `0` for an empty cell. Unlike d1's `reward_func.py`, an answer that
-is not exactly 16 digits is not padded or truncated (that shifts every cell), and an answer that changes a given clue
-scores 0. A complete grid that obeys all rules and keeps the clues scores 1.0 even when it differs from the stored
-solution (only possible for puzzles without a unique solution).
+Grids are 16-character strings read row by row, `0` for an empty cell.
+
+- **Strict** ([`sudoku_reward`], the training reward): the answer is the digits of the last `<answer>` block; an
+  answer that is not exactly 16 digits (padding or truncating shifts every cell) or that changes a given clue scores 0.
+  A complete grid that obeys all rules and keeps the clues scores 1.0 even when it differs from the stored solution
+  (only possible for puzzles without a unique solution); otherwise the fraction of empty cells equal to the solution.
+- **d1-comparable** ([`sudoku_d1_reward`]): d1's evaluation rule (`parse_sudoku_answers` in `eval/parse_and_get_acc.py`
+  of github.com/dllm-reasoning/d1), so that d1's Table 1 numbers can be reproduced. The answer is the first non-empty
+  match of d1's patterns (a fenced digit block in the answer block, the answer block, the text after `</answer>`, 16
+  digits before `</answer>`, any 16 digits), whitespace removed, padded with `0` or truncated to 16 characters; the
+  score is the fraction of the puzzle's empty cells whose character equals the solution's. Clues are not checked.
+  d1 pools the cells of the whole test set (correct cells over empty cells); the mean of this per-puzzle score is the
+  same number when every puzzle has the same number of empty cells, as in the generated test sets.
 """
 
+import re
 from collections.abc import Sequence
 
 from trl_diffusion.rewards.text import completion_text, extract_answer_block
@@ -39,11 +49,16 @@ def extract_grid(completion: str) -> str | None:
     return "".join(ch for ch in block if ch.isdigit())
 
 
-def sudoku_score(completion: str, puzzle: str, solution: str) -> float:
-    """Fraction of `puzzle`'s empty cells whose digit in the answer equals `solution`'s; see the module docstring."""
+def _check_grids(puzzle, solution) -> tuple[str, str]:
     puzzle, solution = str(puzzle), str(solution)
     if len(puzzle) != CELLS or len(solution) != CELLS:
         raise ValueError(f"puzzle and solution must be {CELLS}-character strings, got {puzzle!r} and {solution!r}")
+    return puzzle, solution
+
+
+def sudoku_score(completion: str, puzzle: str, solution: str) -> float:
+    """Fraction of `puzzle`'s empty cells whose digit in the answer equals `solution`'s; see the module docstring."""
+    puzzle, solution = _check_grids(puzzle, solution)
     grid = extract_grid(completion)
     empty = [i for i in range(CELLS) if puzzle[i] == "0"]
     if grid is None or len(grid) != CELLS or not empty:
@@ -55,6 +70,68 @@ def sudoku_score(completion: str, puzzle: str, solution: str) -> float:
     return sum(grid[i] == solution[i] for i in empty) / len(empty)
 
 
+# d1's answer patterns, tried in this order (eval/parse_and_get_acc.py, parse_sudoku_answers). d1 scores the raw
+# generation, where the first end-of-sequence token ends the text; the completions scored here are cut at that token,
+# so the end of the text stands for it.
+_D1_END = r"(?:<\|eot_id\|>|<\|endoftext\|>|$)"
+D1_ANSWER_PATTERNS = (
+    re.compile(r"<answer>.*?```\s*([\d\s]+)```", re.DOTALL),
+    re.compile(r"<answer>(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|</answer>|$)", re.DOTALL),
+    re.compile(r"</answer>\s*(.*?)" + _D1_END, re.DOTALL),
+    re.compile(r".*?(\d{16})\s*</answer>", re.DOTALL),
+    re.compile(r"\b(\d{16})\b", re.DOTALL),
+)
+
+
+def extract_grid_d1(completion: str) -> str:
+    """The answer as d1 reads it: first non-empty match, whitespace removed, padded or cut to 16 ('' if none)."""
+    answer = ""
+    for pattern in D1_ANSWER_PATTERNS:
+        match = pattern.search(completion)
+        if match and match.group(1).strip():
+            answer = match.group(1).strip()
+            break
+    answer = re.sub(r"\s", "", answer)
+    if not answer:
+        return ""
+    return answer[:CELLS].ljust(CELLS, "0")
+
+
+def sudoku_d1_score(completion: str, puzzle: str, solution: str) -> float:
+    """d1's cell accuracy: the empty cells of `puzzle` whose character equals `solution`'s, over their number."""
+    puzzle, solution = _check_grids(puzzle, solution)
+    empty = [i for i in range(CELLS) if puzzle[i] == "0"]
+    grid = extract_grid_d1(completion)
+    if not empty or not grid:
+        return 0.0
+    return sum(grid[i] == solution[i] for i in empty) / len(empty)
+
+
+def _check_columns(name: str, completions, puzzle, solution) -> None:
+    if puzzle is None or solution is None or not (len(puzzle) == len(solution) == len(completions)):
+        raise ValueError(
+            f"{name} needs `puzzle` and `solution` columns with one entry per completion; use the sudoku "
+            "task's dataset (trl_diffusion.tasks.get_task('sudoku'))."
+        )
+
+
+def sudoku_d1_reward(
+    prompts=None,
+    completions=None,
+    puzzle: Sequence[str] | None = None,
+    solution: Sequence[str] | None = None,
+    **kwargs,
+) -> list[float]:
+    """
+    d1's Sudoku cell accuracy (see the module docstring): the answer padded or truncated to 16 characters, scored on
+    the empty cells of the `puzzle` column against the `solution` column; clues are not checked. Use it to compare
+    with d1's Table 1; [`sudoku_reward`] is the strict score used for training.
+    """
+    completions = completions or []
+    _check_columns("sudoku_d1_reward", completions, puzzle, solution)
+    return [sudoku_d1_score(completion_text(c), p, s) for c, p, s in zip(completions, puzzle, solution, strict=True)]
+
+
 def sudoku_reward(
     prompts=None,
     completions=None,
@@ -63,13 +140,10 @@ def sudoku_reward(
     **kwargs,
 ) -> list[float]:
     """
-    Fraction of the empty cells of the `puzzle` column filled as in the `solution` column (1.0 for any complete grid
-    that obeys the rules and keeps the clues); 0.0 when the answer is not 16 digits or changes a clue.
+    Strict Sudoku score: fraction of the empty cells of the `puzzle` column filled as in the `solution` column (1.0
+    for any complete grid that obeys the rules and keeps the clues); 0.0 when the answer is not 16 digits or changes a
+    clue. This is the Sudoku task's training reward; [`sudoku_d1_reward`] is d1's more lenient evaluation rule.
     """
     completions = completions or []
-    if puzzle is None or solution is None or not (len(puzzle) == len(solution) == len(completions)):
-        raise ValueError(
-            "sudoku_reward needs `puzzle` and `solution` columns with one entry per completion; use the sudoku "
-            "task's dataset (trl_diffusion.tasks.get_task('sudoku'))."
-        )
+    _check_columns("sudoku_reward", completions, puzzle, solution)
     return [sudoku_score(completion_text(c), p, s) for c, p, s in zip(completions, puzzle, solution, strict=True)]

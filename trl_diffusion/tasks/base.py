@@ -72,8 +72,16 @@ class Task(ABC):
     # -- shared ------------------------------------------------------------------------------------------------------
     @property
     def metric(self) -> Callable:
-        """The evaluation metric: the task's correctness reward (per sample in [0, 1])."""
+        """The task's correctness reward (per sample in [0, 1]), the first of its `metrics`."""
         return self.reward_funcs[0]
+
+    @property
+    def metrics(self) -> dict[str, Callable]:
+        """
+        The evaluation metrics by name, each a reward function giving a per-sample score in [0, 1]; the first is the
+        task's headline number. Defaults to `{"accuracy": metric}`.
+        """
+        return {"accuracy": self.metric}
 
     def prompt(self, example: dict) -> list[dict]:
         """Conversational prompt: one user turn with d1's system prompt followed by the question."""

@@ -5,6 +5,12 @@ targets lie in 1..100. Here instances are generated offline from a seed in the s
 uniformly from 1..100 (repeats allowed) and a uniformly random expression over them (order, tree shape, operators);
 the draw is kept when its value is an integer in 1..100, which becomes the target. The prompt follows d1's
 evaluation prompt (`eval/countdown.py`).
+
+Answer extraction ([`~trl_diffusion.rewards.text.final_answer`]): the last non-empty box of the completion (as d1's
+scorer, `parse_countdown_answers` in `eval/parse_and_get_acc.py`, takes the last `\\boxed{}`; also without its
+backslash or closed by the `</answer>` after it), else the last non-empty `<answer>` block. LaTeX operators
+(`\\times`, `\\div`, `\\cdot`) become `* / *` and a trailing `= <target>` is dropped; the metric `accuracy` is 1 when
+the expression uses each given number exactly once, only `+ - * /`, and equals the target exactly.
 """
 
 import random

@@ -2,11 +2,21 @@ r"""GSM8K and MATH500: grade-school and competition math, graded with `math-veri
 
 Prompts follow d1's evaluation prompts (`eval/gsm8k.py`, `eval/math500.py` of github.com/dllm-reasoning/d1): reason
 in `<reasoning>` tags and give `\boxed{...}` inside `<answer>` tags.
+
+Answer extraction (both tasks; [`~trl_diffusion.rewards.text.final_answer`]): the last non-empty box of the completion
+(`\boxed{...}`, `boxed{...}`, `\.boxed{...}` or `\fbox{...}`, closed by its brace or by the `</answer>` after it),
+else the last non-empty `<answer>` block with its empty boxes removed. The answer is compared whole with the gold
+answer by math-verify: `\boxed{-4u + 14}` is not 14 and `\boxed{2 or 3}` is not 3, while `15.975` equals
+`\frac{639}{40}`, `43,500` equals 43500 and `\boxed{45/3}` equals 15.
+
+- GSM8K (metric `accuracy`, reward `gsm8k_reward`): also reads a number followed by unit words as that number
+  (`72 dollars`, `360\text{ hours} hours.`, `60\%` for 60), never a number taken from other text.
+- MATH500 (metric `accuracy`, reward `math_reward`): the answer exactly as written.
 """
 
 from datasets import Dataset
 
-from trl_diffusion.rewards import format_reward, math_reward
+from trl_diffusion.rewards import format_reward, gsm8k_reward, math_reward
 from trl_diffusion.rewards.text import extract_last_boxed
 from trl_diffusion.tasks.base import Task, d1_completion, load_local_or_hub
 
@@ -28,11 +38,14 @@ def gsm8k_final_answer(solution: str) -> str:
 
 
 class GSM8KTask(Task):
-    """GSM8K (`openai/gsm8k`, config `main`): columns `question`, `answer` (worked solution ending `#### <n>`)."""
+    """
+    GSM8K (`openai/gsm8k`, config `main`): columns `question`, `answer` (worked solution ending `#### <n>`). Scored by
+    `gsm8k_reward` (see the module docstring).
+    """
 
     name = "gsm8k"
     system_prompt = MATH_SYSTEM_PROMPT
-    reward_funcs = (math_reward, format_reward)
+    reward_funcs = (gsm8k_reward, format_reward)
     reward_weights = (2.0, 0.5)
     reward_columns = ("answer",)
     hub_path, hub_name = "openai/gsm8k", "main"

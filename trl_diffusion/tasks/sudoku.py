@@ -5,6 +5,11 @@ are only 288 valid 4x4 grids). Here the 288 grids are enumerated, each assigned 
 [`~trl_diffusion.tasks.splits.split_of`], and puzzles with a unique solution are cut from a split's own grids,
 deterministically from a seed, with 8 empty cells by default (as in d1's test file). The prompt is d1's
 (`eval/sudoku.py`).
+
+Answers are scored two ways (see [`~trl_diffusion.rewards.sudoku`]): `cell_accuracy_d1` is d1's evaluation rule
+(the answer text padded with zeros or truncated to 16 characters, clues not checked), the number to compare with d1's
+Table 1; `cell_accuracy_strict` reads the digits of the last `<answer>` block and gives 0 to anything but 16 digits
+that keep the clues. Training uses the strict one (pass `sudoku_d1_reward` as a reward function to train on d1's).
 """
 
 import functools
@@ -12,7 +17,7 @@ import random
 
 from datasets import Dataset
 
-from trl_diffusion.rewards import sudoku_reward
+from trl_diffusion.rewards import sudoku_d1_reward, sudoku_reward
 from trl_diffusion.rewards.sudoku import CELLS, sudoku_units
 from trl_diffusion.tasks.base import Task, d1_completion
 from trl_diffusion.tasks.splits import split_of
@@ -97,6 +102,12 @@ class SudokuTask(Task):
     reward_funcs = (sudoku_reward,)
     reward_weights = (1.0,)
     reward_columns = ("puzzle", "solution")
+
+    @property
+    def metrics(self):
+        """d1-comparable cell accuracy (the headline number, as in d1's Table 1), then the strict one."""
+        return {"cell_accuracy_d1": sudoku_d1_reward, "cell_accuracy_strict": sudoku_reward}
+
     # d1 evaluates on 256 Sudoku puzzles; the training size is this project's choice.
     default_sizes = {"train": 10_000, "test": 256}
 

@@ -115,10 +115,24 @@ class DiffuGRPOConfig(GRPOConfig):
     > Parameters of the log-probability estimator
 
         likelihood_estimator (`str`, *optional*, defaults to `"one_step"`):
-            Name of the per-token log-probability estimator in `trl_diffusion.likelihood.LOGP_ESTIMATORS`;
-            `"one_step"` is d1's (fully masked completion, randomly masked prompt).
+            Name of the per-token log-probability estimator in `trl_diffusion.likelihood.LOGP_ESTIMATORS`:
+            `"one_step"` is d1's (fully masked completion, randomly masked prompt; 1 forward pass per row),
+            `"coupled"` DiffuCoder's coupled masks (3 passes, 2 without `coupled_full_mask_term`), `"mc_elbo"` the
+            Monte-Carlo ELBO of LLaDA / ESPO (`num_mc` passes, twice that with `mc_complement`), `"spg_block"`
+            SPG's block-wise masks (`spg_num_draws` passes, blocks of `block_length`). `"mc_elbo"` and
+            `"spg_block"` return per-token contributions whose sum over the completion is an ELBO estimate.
         p_mask_prompt (`float`, *optional*, defaults to `0.15`):
-            Probability of masking each prompt token in the estimator (d1: 0.15).
+            Probability of masking each prompt token in the estimator (d1: 0.15); `"spg_block"` also masks the
+            tokens before its block with it (SPG reuses 0.15). `"coupled"` and `"mc_elbo"` never mask the prompt
+            (their references do not).
+        coupled_full_mask_term (`bool`, *optional*, defaults to `True`):
+            `"coupled"` only: whether to average in the fully masked pass, as DiffuCoder does (arXiv 2506.20639).
+        num_mc (`int`, *optional*, defaults to `2`):
+            `"mc_elbo"` only: stratified Monte-Carlo draws per row (ESPO: 2).
+        mc_complement (`bool`, *optional*, defaults to `True`):
+            `"mc_elbo"` only: whether each draw also scores its complementary mask (ESPO's default).
+        spg_num_draws (`int`, *optional*, defaults to `2`):
+            `"spg_block"` only: block-masked draws per row (SPG: 2).
         random_masking (`bool`, *optional*, defaults to `True`):
             Whether each inner GRPO iteration (of `num_iterations`) draws its own prompt mask (d1). If `False`, one
             mask per generation batch serves all iterations.
@@ -191,6 +205,23 @@ class DiffuGRPOConfig(GRPOConfig):
         metadata={"help": "Temperature the logits are divided by when scoring log-probabilities (d1: 1.0)."},
     )
 
+    coupled_full_mask_term: bool = field(
+        default=True,
+        metadata={"help": "coupled estimator: include DiffuCoder's fully masked pass (3 passes, else 2)."},
+    )
+    num_mc: int = field(
+        default=2,
+        metadata={"help": "mc_elbo estimator: stratified Monte-Carlo draws per row (ESPO: 2)."},
+    )
+    mc_complement: bool = field(
+        default=True,
+        metadata={"help": "mc_elbo estimator: also score each draw's complementary mask (ESPO: True)."},
+    )
+    spg_num_draws: int = field(
+        default=2,
+        metadata={"help": "spg_block estimator: block-masked draws per row (SPG: 2)."},
+    )
+
     def __post_init__(self):
         check_supported_options(self)
         super().__post_init__()
@@ -207,6 +238,13 @@ class DiffuGRPOConfig(GRPOConfig):
                 f"Unknown `likelihood_estimator` {self.likelihood_estimator!r}; choose one of "
                 f"{sorted(LOGP_ESTIMATORS)}."
             )
+        for name in ("num_mc", "spg_num_draws"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"`{name}` must be a positive integer (the number of masked draws per row, default 2), got "
+                    f"{value!r}."
+                )
 
     def generation_config(self, **model_fields) -> DiffusionGenerationConfig:
         """

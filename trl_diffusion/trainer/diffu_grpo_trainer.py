@@ -1,6 +1,7 @@
 """diffu-GRPO (d1, arXiv 2504.12216) for masked diffusion language models as a subclass of TRL's `GRPOTrainer`."""
 
 import contextlib
+import functools
 import textwrap
 
 import torch
@@ -12,7 +13,7 @@ from trl.trainer.utils import get_config_model_id, pad
 
 import trl_diffusion.models  # noqa: F401  (registers the native LLaDA / Dream classes with transformers)
 from trl_diffusion.end_of_answer import cut_at_end_of_answer, end_of_answer_ids
-from trl_diffusion.likelihood import LOGP_ESTIMATORS, derive_mask_seeds, derive_seed
+from trl_diffusion.likelihood import ESTIMATOR_OPTIONS, LOGP_ESTIMATORS, derive_mask_seeds, derive_seed
 from trl_diffusion.sampling import DiffusionGenerationConfig, generate
 from trl_diffusion.spec import get_model_spec, require_mask_token_id
 from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig, check_supported_options
@@ -38,7 +39,8 @@ class DiffuGRPOTrainer(GRPOTrainer):
       full-parameter summoning). Rollout randomness comes from a generator seeded from the config seed, the step and
       the rank: no global RNG is touched.
     - Scoring (`_get_per_token_logps_and_entropies`): d1's one-step estimate (or another estimator of
-      `trl_diffusion.likelihood.LOGP_ESTIMATORS`), with a prompt mask drawn from a seed carried by each row.
+      `trl_diffusion.likelihood.LOGP_ESTIMATORS`, chosen by `likelihood_estimator`), with its masks drawn from a
+      seed carried by each row.
     - Each generation batch carries `mask_seeds` of shape (B, num_iterations) (one column without
       `random_masking`). Old-policy and reference log-probs are computed at generation time for every column,
       shape (B, mu, C), and the loss (`_compute_loss`) of inner iteration `k = (_step // steps_per_generation) %
@@ -141,7 +143,9 @@ class DiffuGRPOTrainer(GRPOTrainer):
         # one end-of-answer rule for the cut below and TRL's own EOS logic (completion mask, truncation)
         self.end_of_answer_ids = end_of_answer_ids(self.diffusion_spec, self._tokenizer, self.model)
         self.eos_token_ids = list(self.end_of_answer_ids)
-        self.logp_estimator = LOGP_ESTIMATORS[args.likelihood_estimator]
+        # the estimator with its own options bound from the config fields of the same names
+        options = {name: getattr(args, name) for name in ESTIMATOR_OPTIONS[args.likelihood_estimator]}
+        self.logp_estimator = functools.partial(LOGP_ESTIMATORS[args.likelihood_estimator], **options)
         self.diffusion_generation_config = self._build_generation_config(args)
 
     def _build_generation_config(self, args: DiffuGRPOConfig) -> DiffusionGenerationConfig:
@@ -295,6 +299,7 @@ class DiffuGRPOTrainer(GRPOTrainer):
                         temperature=self.args.scoring_temperature,
                         compute_entropy=compute_entropy,
                         pad_to_multiple_of=_SCORING_LENGTH_MULTIPLE,
+                        completion_mask=attention_mask[rows, prompt_length:],
                     )
                 chunk_logps.append(logps)
                 chunk_entropies.append(entropies)
