@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 import torch
 from filelock import FileLock
+from safetensors.torch import load_file
 
 from trl_diffusion.toy import save_tiny_model
 
@@ -148,7 +149,7 @@ MATRIX = [
 ]
 
 
-def check_reports(out, setup, trainer, atol=ATOL):
+def check_reports(out, setup, trainer, atol=ATOL, steps=2):
     engine, zero_stage, sharded = EXPECTED[setup]
     reports = []
     for rank in range(2):
@@ -164,7 +165,7 @@ def check_reports(out, setup, trainer, atol=ATOL):
             assert report["local_fraction"] == 1.0
         assert report["cross_rank_max_abs_difference"] == 0.0
         assert report["reference_max_abs_difference"] <= atol
-        assert report["steps"] == 2
+        assert report["steps"] == steps
         if trainer == "sft":
             assert report["generation_gathered"] == []
         elif setup == "zero3":
@@ -188,6 +189,63 @@ def test_two_process_launch(tmp_path, model_path, reference, trainer, setup, gat
     weights = torch.load(tmp_path / "weights.pt", weights_only=True)
     expected = torch.load(reference(trainer), weights_only=True)
     assert max((weights[name] - expected[name]).abs().max().item() for name in expected) <= ATOL
+
+
+@pytest.fixture(scope="module")
+def llada_model_path(tmp_path_factory):
+    """A tiny native LLaDA: its checkpoints are written in the official key layout (`model.transformer.blocks.N`)."""
+    root = shared_directory(tmp_path_factory)
+    with FileLock(str(root / "llada.lock")):
+        if not (root / "llada" / "config.json").exists():
+            save_tiny_model(root / "llada", kind="llada")
+    return str(root / "llada")
+
+
+RESUME_STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def llada_reference(tmp_path_factory, llada_model_path):
+    """Final weights of the one-process masked SFT run of LLaDA, `RESUME_STEPS` steps."""
+    root = shared_directory(tmp_path_factory)
+    out = root / "llada-sft-single"
+    with FileLock(str(root / "llada-sft-single.lock")):
+        if not (out / "weights.pt").exists():
+            out.mkdir(exist_ok=True)
+            command = [sys.executable, str(SCRIPT), "--trainer", "sft", "--expect", "single"]
+            command += ["--model", llada_model_path, "--steps", str(RESUME_STEPS), "--output-dir", str(out)]
+            run(command, launch_environment(use_cpu=True), out / "log.txt")
+    assert json.loads((out / "rank0.json").read_text())["max_abs_change_from_initial"] >= 1000 * ATOL
+    return out / "weights.pt"
+
+
+@requires_deepspeed
+@pytest.mark.parametrize("setup", ["zero2", "zero3"])
+def test_two_process_resume_equals_uninterrupted(tmp_path, llada_model_path, llada_reference, setup):
+    """
+    LLaDA masked SFT under two-process ZeRO-2 / ZeRO-3, stopped at step 2 of 4 and resumed (DeepSpeed's
+    `load_checkpoint` restores the module and the partitioned optimizer state), ends with the weights of the
+    uninterrupted two-process run (and of the one-process run) within `ATOL`.
+    """
+    uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    recipe = [str(SCRIPT), "--trainer", "sft", "--expect", setup, "--model", llada_model_path]
+    recipe += ["--steps", str(RESUME_STEPS), "--atol", str(ATOL)]
+    env = launch_environment(use_cpu=False)
+    command = launcher_arguments(setup) + recipe + ["--output-dir", str(uninterrupted), "--save-steps", "2"]
+    run(command + ["--reference", str(llada_reference)], env, tmp_path / "uninterrupted.log")
+    check_reports(uninterrupted, setup, "sft", steps=RESUME_STEPS)
+    checkpoint = uninterrupted / "trainer" / "checkpoint-2"
+    assert (checkpoint / "global_step2").is_dir()  # DeepSpeed's own checkpoint, what the resume loads
+    saved = load_file(str(checkpoint / "model.safetensors"))
+    assert any(key.startswith("model.transformer.blocks.") for key in saved)  # the official layout
+
+    command = launcher_arguments(setup) + recipe + ["--output-dir", str(resumed)]
+    command += ["--resume-from-checkpoint", str(checkpoint), "--reference", str(uninterrupted / "weights.pt")]
+    run(command, env, tmp_path / "resumed.log")
+    check_reports(resumed, setup, "sft", steps=RESUME_STEPS)
+    final = torch.load(resumed / "weights.pt", weights_only=True)
+    expected = torch.load(uninterrupted / "weights.pt", weights_only=True)
+    assert max((final[name] - expected[name]).abs().max().item() for name in expected) <= ATOL
 
 
 # bf16 on GPUs: the same matrix, one GPU per rank (NCCL refuses two ranks on one device). DeepSpeed keeps bf16

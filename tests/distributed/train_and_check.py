@@ -5,6 +5,7 @@ run with plain `python` (`--expect single`) to produce the one-process reference
 world size, engine, ZeRO stage and sharding, that every parameter changed, that all ranks end with the same weights
 and, given `--reference`, that they match the one-process run within `--atol`; each rank then writes a JSON report
 `rank<r>.json` (the test checks that both ranks reported) and rank 0 writes the final weights to `weights.pt`.
+With `--save-steps` the run writes checkpoints; `--resume-from-checkpoint` resumes one (the resume tests).
 
 The recipe keeps the global batch fixed (`--global-batch` rows per optimisation step, split evenly across ranks) so
 that the one-process run takes the same steps on the same rows. Plain SGD with a constant learning rate makes the
@@ -48,6 +49,8 @@ def parse_args(argv=None):
         help="GRPO under ZeRO-3: gather weights for generation; 'alternate' starts gathered and flips every step",
     )
     parser.add_argument("--bf16", action="store_true", help="train in bf16 (GPU matrix)")
+    parser.add_argument("--save-steps", type=int, default=None, help="save a checkpoint every N steps")
+    parser.add_argument("--resume-from-checkpoint", default=None, help="checkpoint directory to resume from")
     args = parser.parse_args(argv)
     if args.reference is not None and args.atol is None:
         parser.error("--reference needs --atol")
@@ -134,7 +137,8 @@ def build_trainer(args, world_size):
         "max_grad_norm": 0.0,  # no clipping: keeps the update linear in the averaged gradient
         "seed": 0,
         "report_to": "none",
-        "save_strategy": "no",
+        "save_strategy": "no" if args.save_steps is None else "steps",
+        "save_steps": args.save_steps or 500,
         "logging_steps": 1,
         "disable_tqdm": True,
         "bf16": args.bf16,
@@ -194,7 +198,7 @@ def main(argv=None):
     trainer = build_trainer(args, int(os.environ.get("WORLD_SIZE", "1")))
     state = PartialState()
     initial = gather_full_parameters(trainer.model)  # ZeRO-3 partitions at load time: gathered (collective)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
 
     # Checks from inside the rank, before anything is written: a broken setup must fail here.
     setup = check_distributed_setup(

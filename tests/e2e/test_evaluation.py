@@ -191,6 +191,18 @@ def test_eval_cli_writes_json_and_table(long_context_model_path, tmp_path, capsy
         assert handle.read().strip() == results["table"]
 
 
+def test_eval_cli_model_too_short_for_the_task_is_a_one_line_error(standin_model_path, tmp_path, capsys, monkeypatch):
+    from trl_diffusion.cli import main
+
+    monkeypatch.delenv("TRL_DIFFUSION_DEBUG", raising=False)
+    # the fixture's prompts plus 512 answer tokens do not fit in the stand-in model's 512 positions
+    extra = ("--gen_lengths", "512", "--block_length", "512", "--show_progress", "false")
+    assert main(_eval_args(standin_model_path, str(tmp_path / "out"), extra)) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trl-diffusion")]
+    assert len(err) == 1 and "more than the model's maximum length 512" in err[0]
+    assert "Traceback" not in capsys.readouterr().err
+
+
 @pytest.mark.distributed
 def test_two_processes_give_the_same_results(long_context_model_path, tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}

@@ -49,3 +49,48 @@ def test_cli_rejects_unknown_subcommand(capsys):
 def test_lazy_attribute_errors():
     with pytest.raises(AttributeError, match="no attribute"):
         trl_diffusion.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["grpo", "--bf16", "false", "--max_completion_length", "48"], "`block_length` (32, the default"),
+        (["sft", "--bf16", "false", "--packing", "true"], "packing=True"),
+        (["eval", "--model_name_or_path", "m", "--gen_lengths", "48", "--block_length", "32"], "--block_length"),
+        (["demo", "--device", "tpu"], "device"),
+    ],
+)
+def test_cli_user_errors_are_one_line_with_exit_code_2(tmp_path, capsys, monkeypatch, argv, expected):
+    monkeypatch.delenv("TRL_DIFFUSION_DEBUG", raising=False)
+    argv = [*argv, "--output_dir" if argv[0] != "demo" else "--output-dir", str(tmp_path)]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own errors (the demo's options) exit 2 the same way
+        code = exit_.code
+    assert code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "WARNING" not in line]
+    assert expected in err[-1] and "Traceback" not in "\n".join(err)
+    if argv[0] != "demo":
+        assert len(err) == 1 and err[0].startswith(f"trl-diffusion {argv[0]}: error: ")
+        assert "TRL_DIFFUSION_DEBUG=1" in err[0]
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_cli_debug_shows_the_traceback(tmp_path, monkeypatch, how):
+    argv = ["grpo", "--bf16", "false", "--max_completion_length", "48", "--output_dir", str(tmp_path)]
+    if how == "flag":
+        monkeypatch.delenv("TRL_DIFFUSION_DEBUG", raising=False)
+        argv = ["--debug", *argv]
+    else:
+        monkeypatch.setenv("TRL_DIFFUSION_DEBUG", "1")
+    with pytest.raises(ValueError, match="block_length"):
+        main(argv)
+
+
+def test_cli_eval_help_describes_the_negated_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--help"])
+    assert exit_.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    negated = help_text.split("--no_show_progress, --no-show-progress", 1)[1]
+    assert negated.strip().startswith("Turn off `--show_progress` (same as `--show_progress false`)")

@@ -550,3 +550,64 @@ def test_native_llada_and_dream(tmp_path, tokenizer, kind, peft):
     first, loss = trainer.trace["scoring"][0], trainer.trace["loss"][0]
     assert torch.equal(first["logps"], loss["old_per_token_logps"][:, 0])
     assert first_logged(trainer, "kl") == 0.0
+
+
+# --- evaluation ---
+
+
+def test_evaluation_is_repeatable_and_leaves_training_rollouts_alone(tmp_path, standin_model_path):
+    # sampled rollouts (temperature 0.9) and random prompt masks: only the seeds make two evaluations agree
+    config = make_config(tmp_path, max_steps=2, per_device_eval_batch_size=4, eval_strategy="no")
+    dataset = prompts_dataset()
+    trainer = TracedTrainer(
+        standin_model_path, reward_char_sum, args=config, train_dataset=dataset, eval_dataset=dataset
+    )
+    varying = ("runtime", "samples_per_second", "steps_per_second")
+    drop = lambda metrics: {k: v for k, v in metrics.items() if not k.endswith(varying)}  # noqa: E731
+    first, second = drop(trainer.evaluate()), drop(trainer.evaluate())
+    assert first == second and "eval_reward" in first
+    batches = [g["completion_ids"] for g in trainer.trace["generation"]]
+    half = len(batches) // 2  # batches of the first evaluation, then of the second
+    assert half > 1 and all(torch.equal(a, b) for a, b in zip(batches[:half], batches[half:], strict=True))
+    assert not torch.equal(batches[0], batches[1])  # a trace of distinct batches
+    # training after two evaluations draws what training without them draws
+    trainer.trace["generation"].clear()
+    trainer.train()
+    fresh = TracedTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=dataset)
+    fresh.train()
+    for evaluated, plain in zip(trainer.trace["generation"], fresh.trace["generation"], strict=True):
+        assert torch.equal(evaluated["completion_ids"], plain["completion_ids"])
+        assert torch.equal(evaluated["mask_seeds"], plain["mask_seeds"])
+
+
+def test_empty_generation_kwargs_accepted_as_a_no_op(tmp_path):
+    for empty in ({}, "{}"):
+        config = DiffuGRPOConfig(str(tmp_path), bf16=False, generation_kwargs=empty)
+        assert not config.generation_kwargs
+    with pytest.raises(ValueError, match="generation_kwargs"):
+        DiffuGRPOConfig(str(tmp_path), bf16=False, generation_kwargs={"do_sample": True})
+
+
+def test_block_length_message_names_the_default_and_the_fix(tmp_path):
+    with pytest.raises(ValueError) as error:
+        DiffuGRPOConfig(str(tmp_path), bf16=False, max_completion_length=48)
+    message = str(error.value)
+    assert "`block_length` (32, the default" in message and "not set" in message
+    assert "e.g. 16" in message and "multiple of 32" in message
+    with pytest.raises(ValueError) as error:  # set by the user: no claim about a default
+        DiffuGRPOConfig(str(tmp_path), bf16=False, max_completion_length=48, block_length=32)
+    assert "`block_length` (32)" in str(error.value)
+
+
+def test_dataset_without_prompt_column_refused_before_loading(tmp_path, standin_model_path, no_model_loading):
+    questions = Dataset.from_dict({"question": ["1 plus 2", "2 plus 3"]})
+    with pytest.raises(ValueError, match=r"`train_dataset` has no `prompt` column .*\['question'\].*rename_column"):
+        DiffuGRPOTrainer(standin_model_path, reward_char_sum, args=make_config(tmp_path), train_dataset=questions)
+    with pytest.raises(ValueError, match=r"`eval_dataset\['held_out'\]` has no `prompt` column"):
+        DiffuGRPOTrainer(
+            standin_model_path,
+            reward_char_sum,
+            args=make_config(tmp_path),
+            train_dataset=prompts_dataset(),
+            eval_dataset={"held_out": questions},
+        )

@@ -1,4 +1,5 @@
 import inspect
+import math
 import random
 
 import pytest
@@ -503,3 +504,185 @@ def test_checkpoint_saves_and_restores_mask_generator(tmp_path, tokenizer, stand
     assert not torch.equal(fresh._mask_generator.get_state(), state_after_step)
     fresh._load_rng_state(checkpoint)
     assert torch.equal(fresh._mask_generator.get_state(), state_after_step)
+
+
+# ---------------------------------------------------------------- what TRL accepts, and clear refusals
+
+
+def test_training_arguments_are_converted_like_sft_trainer(tmp_path, standin_model_path):
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(
+        str(tmp_path / "out"), report_to="none", use_cpu=True, max_steps=1, per_device_train_batch_size=3,
+        learning_rate=3e-4, seed=7, save_strategy="no",
+    )  # fmt: skip
+    trainer = MaskedSFTTrainer(standin_model_path, args=args, train_dataset=prompt_completion_dataset())
+    assert isinstance(trainer.args, MaskedSFTConfig)
+    assert (trainer.args.learning_rate, trainer.args.seed, trainer.args.max_steps) == (3e-4, 7, 1)
+    assert trainer.args.mask_eps == MaskedSFTConfig.mask_eps  # the diffusion fields at their defaults
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+@pytest.mark.parametrize("metric", ["eval_mean_token_accuracy", "mean_token_accuracy", "eval_accuracy"])
+def test_unknown_metric_for_best_model_refused_at_construction(tmp_path, metric):
+    args = make_args(tmp_path, eval_strategy="steps", eval_steps=1, metric_for_best_model=metric)
+    with pytest.raises(ValueError, match="not a metric MaskedSFTTrainer logs") as error:
+        MaskedSFTTrainer(
+            str(tmp_path / "no-model"), args=args, train_dataset=prompt_completion_dataset(),
+            eval_dataset=prompt_completion_dataset(),
+        )  # fmt: skip
+    assert "eval_masked_token_accuracy" in str(error.value)
+    if "mean_token_accuracy" in metric:
+        assert "counterpart is `eval_masked_token_accuracy`" in str(error.value)
+
+
+def test_metric_for_best_model_of_masked_sft_selects_the_best_checkpoint(tmp_path, standin_model_path):
+    args = make_args(
+        tmp_path, max_steps=2, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+        metric_for_best_model="eval_masked_token_accuracy", load_best_model_at_end=True,
+    )  # fmt: skip
+    data = prompt_completion_dataset()
+    trainer = MaskedSFTTrainer(standin_model_path, args=args, train_dataset=data, eval_dataset={"held": data})
+    trainer.train()
+    accuracies = [e["eval_masked_token_accuracy"] for e in trainer.state.log_history if "eval_held_loss" in e]
+    assert len(accuracies) == 2 and trainer.state.best_metric == max(accuracies)
+    assert args.metric_for_best_model == "eval_masked_token_accuracy"
+    MaskedSFTTrainer(  # a per-dataset loss name is known too
+        standin_model_path,
+        args=make_args(tmp_path, eval_strategy="steps", metric_for_best_model="eval_held_loss"),
+        train_dataset=data,
+        eval_dataset={"held": data},
+    )
+
+
+@pytest.mark.parametrize("adapter", ["prompt_tuning", "prompt_encoder"])
+def test_prompt_learning_with_virtual_tokens_refused_in_both_trainers(tmp_path, standin_model_path, adapter):
+    from peft import PromptEncoderConfig, PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from trl_diffusion import DiffuGRPOConfig, DiffuGRPOTrainer
+
+    make = {
+        "prompt_tuning": lambda: PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=8),
+        "prompt_encoder": lambda: PromptEncoderConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=8, encoder_hidden_size=16
+        ),
+    }[adapter]
+    match = "prompt learning .* not supported by {}.*PrefixTuningConfig"
+    with pytest.raises(ValueError, match=match.format("MaskedSFTTrainer")):
+        MaskedSFTTrainer(
+            str(tmp_path / "no-model"), args=make_args(tmp_path), train_dataset=prompt_completion_dataset(),
+            peft_config=make(),
+        )  # fmt: skip
+    grpo_args = DiffuGRPOConfig(
+        str(tmp_path / "grpo"), bf16=False, report_to="none", max_completion_length=8, block_length=4,
+        per_device_train_batch_size=4, num_generations=4,
+    )  # fmt: skip
+    prompts = Dataset.from_dict({"prompt": ["1+1=", "2+2="]})
+    with pytest.raises(ValueError, match=match.format("DiffuGRPOTrainer")):
+        DiffuGRPOTrainer(
+            str(tmp_path / "no-model"), lambda completions, **kw: [0.0], grpo_args, prompts, peft_config=make()
+        )
+    wrapped = get_peft_model(AutoModelForCausalLM.from_pretrained(standin_model_path), make())  # adapter on the model
+    with pytest.raises(ValueError, match=match.format("DiffuGRPOTrainer")):
+        DiffuGRPOTrainer(wrapped, lambda completions, **kw: [0.0], grpo_args, prompts)
+    with pytest.raises(ValueError, match=match.format("MaskedSFTTrainer")):
+        MaskedSFTTrainer(wrapped, args=make_args(tmp_path), train_dataset=prompt_completion_dataset())
+
+
+def test_prefix_tuning_is_not_refused(tmp_path, standin_model_path):
+    from peft import PrefixTuningConfig
+
+    from trl_diffusion import DiffuGRPOConfig, DiffuGRPOTrainer
+
+    config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    sft = MaskedSFTTrainer(
+        standin_model_path, args=make_args(tmp_path, max_steps=1), train_dataset=prompt_completion_dataset(),
+        peft_config=config,
+    )  # fmt: skip
+    sft.train()
+    assert sft.state.global_step == 1 and math.isfinite(sft.state.log_history[0]["loss"])
+    grpo_args = DiffuGRPOConfig(
+        str(tmp_path / "grpo"), bf16=False, report_to="none", max_completion_length=8, block_length=4,
+        per_device_train_batch_size=4, num_generations=4,
+    )  # fmt: skip
+    prompts = Dataset.from_dict({"prompt": ["1+1=", "2+2="]})
+    grpo = DiffuGRPOTrainer(
+        standin_model_path, lambda completions, **kw: [0.0], grpo_args, prompts, peft_config=config
+    )
+    assert grpo.model.peft_config["default"].peft_type == "PREFIX_TUNING"
+
+
+# ---------------------------------------------------------------- maximum length and truncation
+
+
+def record_forward_widths(trainer):
+    widths = []
+    trainer.model.register_forward_pre_hook(
+        lambda module, a, kw: widths.append(kw["input_ids"].size(1)), with_kwargs=True
+    )
+    return widths
+
+
+def test_rows_longer_than_the_model_positions_are_truncated_like_trl(tmp_path, tokenizer, standin_model_path):
+    from transformers.testing_utils import CaptureLogger
+
+    long = {"prompt": ["1" * 600, "2" * 500, "1+1=", "2+2="], "completion": ["ab", "c" * 20, "2", "4"]}
+    args = make_args(tmp_path, max_steps=1, per_device_train_batch_size=3)  # TRL's default max_length=1024
+    assert args.max_length == 1024
+    with CaptureLogger(trainer_module.logger) as captured:
+        trainer = MaskedSFTTrainer(
+            standin_model_path, args=args, train_dataset=Dataset.from_dict(long), processing_class=tokenizer
+        )
+    assert "more than the model can position (512" in captured.out and trainer.args.max_length == 512
+    lengths = sorted(len(ids) for ids in trainer.train_dataset["input_ids"])
+    assert len(lengths) == 3 and max(lengths) == 512  # the 600-token prompt lost its completion: dropped, as TRL does
+    assert "1 of the 3 train rows were cut at max_length=512" in captured.out  # the 500-token prompt's completion
+    widths = record_forward_widths(trainer)
+    trainer.train()
+    assert widths and max(widths) <= 512
+
+
+def test_rows_the_model_cannot_position_are_refused(tmp_path, tokenizer, standin_model_path):
+    data = Dataset.from_dict({"prompt": ["2" * 500, "1+1="], "completion": ["3", "2"]})
+    args = make_args(tmp_path, max_steps=1, per_device_train_batch_size=2, max_completion_length=32)
+    trainer = MaskedSFTTrainer(standin_model_path, args=args, train_dataset=data, processing_class=tokenizer)
+    with pytest.raises(ValueError, match=r"needs 532 positions \(prompt 500 \+ response 32\).*at most 512"):
+        trainer.train()
+
+
+@pytest.mark.parametrize("train_eos", [False, True])
+def test_completion_cut_at_max_length_gets_no_trained_eos(tmp_path, tokenizer, standin_model_path, train_eos):
+    from transformers.testing_utils import CaptureLogger
+
+    data = Dataset.from_dict({"prompt": ["12+3=", "4+5="], "completion": ["better than implicit" * 2, "9"]})
+    args = make_args(
+        tmp_path, max_length=20, max_completion_length=18, max_steps=1, per_device_train_batch_size=2,
+        train_eos_after_truncation=train_eos,
+    )  # fmt: skip
+    with CaptureLogger(trainer_module.logger) as captured:
+        trainer = MaskedSFTTrainer(standin_model_path, args=args, train_dataset=data, processing_class=tokenizer)
+    assert "1 of the 2 train rows were cut at max_length=20" in captured.out
+    examples = [trainer.train_dataset[i] for i in range(2)]
+    with CaptureLogger(trainer_module.logger) as captured:
+        batch = trainer.data_collator(examples)
+    assert "1 completion(s) in a batch were cut at max_length=20" in captured.out
+    eos = tokenizer.eos_token_id
+    cut_row = 0 if len(examples[0]["input_ids"]) == 20 else 1
+    whole_row = 1 - cut_row
+    labels, attention = batch["labels"][cut_row], batch["attention_mask"][cut_row]
+    kept = 20 - 5  # the prompt "12+3=" then 15 completion tokens survive the truncation
+    assert tokenizer.decode(labels[labels != -100][:kept]) == ("better than implicit" * 2)[:kept]
+    tail = slice(labels.size(0) - (18 - kept), None)  # the EOS padding of the cut completion
+    assert (batch["input_ids"][cut_row, tail] == eos).all()
+    if train_eos:
+        assert (labels[tail] == eos).all() and (attention[tail] == 1).all()
+    else:
+        assert (labels[tail] == -100).all() and (attention[tail] == 0).all()
+    # a whole completion keeps LLaDA's trained EOS padding
+    whole = batch["labels"][whole_row]
+    assert whole[-1] == eos and batch["attention_mask"][whole_row, -1] == 1
+    assert batch["truncated"].tolist() == [row == cut_row for row in range(2)]
+    trainer.train()
+    assert trainer.state.log_history[0]["num_truncated"] == 1

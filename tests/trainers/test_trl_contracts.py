@@ -171,3 +171,25 @@ def test_loss_types_and_importance_sampling_levels():
     loss_text = source(GRPOTrainer._compute_loss)
     for loss_type in LOSS_TYPES:
         assert f'"{loss_type}"' in loss_text
+
+
+def test_lines_the_objectives_rely_on():
+    # ESPO turns TRL's k3 term off by setting `self.beta` to 0 around `_compute_loss` and adds its own k2 term;
+    # its ratio is TRL's sequence-level weight, the mean log-ratio over the completion
+    loss_text = source(GRPOTrainer._compute_loss)
+    assert loss_text.count("if self.beta != 0.0:") == 3
+    assert "log_importance_weights = (log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)" in loss_text
+    # the losses scale themselves for gradient accumulation (the Trainer does not), as TRL's do; SPG mirrors the
+    # token count of TRL's dapo normaliser
+    assert GRPOTrainer.loss_is_scaled_for_ga is True
+    assert 'normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes' in loss_text
+    assert "normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation" in loss_text
+    # ratio-free objectives return None from generation-time scoring: TRL then stores no old log-probs, and
+    # computes reference ones only with beta != 0
+    text = source(GRPOTrainer._generate_and_score_completions)
+    assert "old_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(" in text
+    assert "if old_per_token_logps is not None:" in text
+    assert text.count("if self.beta != 0.0:") == 1
+    # wd1's group softmax runs over all ranks' advantages in TRL's global order, sliced back per rank
+    assert "self.accelerator.process_index * len(prompts)" in text
+    assert 'self._logs["advantages"].extend(all_process_advantages.tolist())' in text

@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="Block-wise KV cache of the RL rollouts: none, prefix or dual (default: %(default)s).",
     )
+    parser.add_argument(
+        "--objective",
+        default="d1",
+        help="RL objective of the second stage (DiffuGRPOConfig.objective): d1, coupled_grpo, spg, wd1 or espo "
+        "(default: %(default)s).",
+    )
     return parser
 
 
@@ -61,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "show_progress": not args.no_progress,
         "rollout_threshold": args.rollout_threshold,
         "rollout_cache": args.rollout_cache,
+        "objective": args.objective,
     }
     try:
         config = DemoConfig.quick(**settings) if args.quick else DemoConfig(**settings)

@@ -15,6 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     from trl_diffusion.evaluation import EvalConfig, evaluate_models
 
     parser = TrlParser(dataclass_types=[EvalConfig], prog="trl-diffusion eval", description=__doc__)
+    for action in parser._actions:  # argparse keeps no public list; the `--no_*` complement copies the field's help
+        negated = [option[len("--no_") :] for option in action.option_strings if option.startswith("--no_")]
+        if negated:
+            action.help = f"Turn off `--{negated[0]}` (same as `--{negated[0]} false`)."
     (config,) = parser.parse_args_and_config(args=argv)
     evaluate_models(config)
     if dist.is_available() and dist.is_initialized():

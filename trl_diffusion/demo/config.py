@@ -73,6 +73,9 @@ class DemoConfig:
             Trainer logging period in steps (SFT loss and RL rollout reward in the curves).
         show_progress (`bool`, *optional*, defaults to `True`):
             Progress bars and the summary table in the terminal.
+        objective (`str`, *optional*, defaults to `"d1"`):
+            RL objective of the second stage, `DiffuGRPOConfig.objective`: `"d1"`, `"coupled_grpo"`, `"spg"`,
+            `"wd1"` or `"espo"`, with its preset estimator and the demo's other settings (no KL: `beta` 0).
         rollout_threshold (`float`, *optional*):
             Confidence threshold of Fast-dLLM's parallel decoding for the RL rollouts (the option of the same name of
             [`~trl_diffusion.DiffuGRPOConfig`]; Fast-dLLM uses 0.9); held-out evaluation stays exact. `None`
@@ -112,6 +115,7 @@ class DemoConfig:
     rl_warmup_steps: int = field(default=30, metadata={"help": "RL warmup steps."})
     logging_steps: int = field(default=5, metadata={"help": "Trainer logging period in steps."})
     show_progress: bool = field(default=True, metadata={"help": "Progress bars and summary table."})
+    objective: str = field(default="d1", metadata={"help": "RL objective (DiffuGRPOConfig.objective)."})
     rollout_threshold: float | None = field(
         default=None, metadata={"help": "Confidence threshold of parallel decoding in RL rollouts (Fast-dLLM: 0.9)."}
     )

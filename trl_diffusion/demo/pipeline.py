@@ -25,6 +25,7 @@ from trl_diffusion.demo.task import (
     sft_dataset,
     sorting_reward,
 )
+from trl_diffusion.objectives import check_objective_name
 from trl_diffusion.toy import build_tokenizer, tiny_llada_model
 
 
@@ -165,6 +166,7 @@ def train_rl(config, model, tokenizer, dataset, output_dir, device, evaluate_fn)
         num_iterations=config.num_iterations,
         epsilon=config.epsilon,
         beta=config.beta,
+        objective=config.objective,
         scale_rewards=config.scale_rewards,
         p_mask_prompt=config.p_mask_prompt,
         mask_token_id=tokenizer.mask_token_id,
@@ -224,6 +226,7 @@ def format_summary(metrics: dict) -> str:
 def run_demo(config: DemoConfig | None = None) -> dict:
     """Run the whole pipeline, write `metrics.json`, `training.png` and checkpoints, and return the metrics."""
     config = config if config is not None else DemoConfig()
+    check_objective_name(config.objective)  # before any training
     start, cpu_start = time.perf_counter(), time.process_time()
     device = resolve_device(config.device)
     os.makedirs(config.output_dir, exist_ok=True)

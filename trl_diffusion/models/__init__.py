@@ -1,38 +1,32 @@
 """Model families: per-family specs, and native implementations of diffusion LMs missing from transformers.
 
-Importing this package registers the native LLaDA and Dream classes with transformers' Auto classes
-(`AutoConfig`, `AutoModel`, `AutoModelForCausalLM`) and LLaDA's checkpoint key renaming. Local registration takes
-precedence over the `auto_map` of the official checkpoints' `config.json`, so
+Importing this package (which `import trl_diffusion` arranges once transformers' Auto config module is imported)
+registers the native LLaDA and Dream configs with `AutoConfig`; the model classes (`AutoModel`,
+`AutoModelForCausalLM`) and LLaDA's checkpoint key renaming are registered when their modeling module is first
+imported, which building one of their configs does (see `trl_diffusion.models.registration`). Local registration
+takes precedence over the `auto_map` of the official checkpoints' `config.json`, so
 `AutoModelForCausalLM.from_pretrained("GSAI-ML/LLaDA-8B-Instruct")` (or a local copy) builds the native classes
-without `trust_remote_code`.
+without `trust_remote_code`. The modeling classes are imported on first access.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+import importlib
+from typing import TYPE_CHECKING
 
-from trl_diffusion.models.dream import DreamConfig, DreamForMaskedDiffusion, DreamModel
-from trl_diffusion.models.llada import (
-    LLADA_CHECKPOINT_CONVERSION,
-    LLaDAConfig,
-    LLaDAForMaskedDiffusion,
-    LLaDAModel,
-)
+from trl_diffusion.models.dream_config import DreamConfig
+from trl_diffusion.models.llada_config import LLaDAConfig
+from trl_diffusion.models.registration import register_configs
 from trl_diffusion.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec, require_mask_token_id
 
 
-def _register() -> None:
-    for config_class, base_class, lm_class in (
-        (LLaDAConfig, LLaDAModel, LLaDAForMaskedDiffusion),
-        (DreamConfig, DreamModel, DreamForMaskedDiffusion),
-    ):
-        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-        AutoModel.register(config_class, base_class, exist_ok=True)
-        AutoModelForCausalLM.register(config_class, lm_class, exist_ok=True)
-    if get_checkpoint_conversion_mapping(LLaDAConfig.model_type) is None:
-        register_checkpoint_conversion_mapping(LLaDAConfig.model_type, LLADA_CHECKPOINT_CONVERSION)
+register_configs(LLaDAConfig, DreamConfig)
 
-
-_register()
+# public name -> modeling module that defines it (imported on first access)
+_LAZY_ATTRS = {
+    "LLaDAModel": "trl_diffusion.models.llada",
+    "LLaDAForMaskedDiffusion": "trl_diffusion.models.llada",
+    "DreamModel": "trl_diffusion.models.dream",
+    "DreamForMaskedDiffusion": "trl_diffusion.models.dream",
+}
 
 __all__ = [
     "MODEL_SPECS",
@@ -46,3 +40,21 @@ __all__ = [
     "get_model_spec",
     "require_mask_token_id",
 ]
+
+
+def __getattr__(name: str):
+    module_name = _LAZY_ATTRS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'trl_diffusion.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trl_diffusion.models.dream import DreamForMaskedDiffusion, DreamModel  # noqa: F401
+    from trl_diffusion.models.llada import LLaDAForMaskedDiffusion, LLaDAModel  # noqa: F401

@@ -8,7 +8,8 @@ bidirectional. Unlike the official code, a padding `attention_mask` is honoured 
 only; without padding the two compute the same function.
 
 Module layout versus the official checkpoint (renamed on load and back on save by transformers' conversion mapping,
-registered in `trl_diffusion.models`):
+registered when this module is imported; `load_state_dict` also accepts the official keys, see
+[`~trl_diffusion.models.checkpoint_layout.NativeStateDictMixin`]):
 
 | official key                           | native key                 |
 |----------------------------------------|----------------------------|
@@ -22,9 +23,11 @@ ff_out`), so LoRA target modules written for the official model apply unchanged;
 that targeting `ff_out` hits the blocks' down projections only.
 """
 
+import re
+
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
@@ -35,132 +38,36 @@ from trl_diffusion.models.bidirectional import (
     RMSNorm,
     bidirectional_backbone_forward,
 )
+from trl_diffusion.models.checkpoint_layout import NativeStateDictMixin
 from trl_diffusion.models.generation import DiffusionGenerateMixin
+from trl_diffusion.models.llada_config import LLaDAConfig
+from trl_diffusion.models.registration import register_model_classes
 
 
-# Official -> native key renames, applied by transformers when loading (and reversed when saving).
-LLADA_CHECKPOINT_CONVERSION = [
-    WeightRenaming(r"^model\.transformer\.ff_out\.", "lm_head."),
-    WeightRenaming(r"^model\.transformer\.wte\.", "model.embed_tokens."),
-    WeightRenaming(r"^model\.transformer\.blocks\.", "model.layers."),
-    WeightRenaming(r"^model\.transformer\.ln_f\.", "model.norm."),
-]
-
-# Options of the official config whose other values this implementation does not compute; (name, supported value).
-_FIXED_OPTIONS = (
-    ("block_type", "llama"),
-    ("layer_norm_type", "rms"),
-    ("activation_type", "silu"),
-    ("rope", True),
-    ("alibi", False),
-    ("include_bias", False),
-    ("attention_layer_norm", False),
-    ("scale_logits", False),
-    ("input_emb_norm", False),
-    ("clip_qkv", None),
+# Official -> native key prefixes of `LLaDAForMaskedDiffusion`.
+LLADA_OFFICIAL_KEY_RENAMES = (
+    ("model.transformer.ff_out.", "lm_head."),
+    ("model.transformer.wte.", "model.embed_tokens."),
+    ("model.transformer.blocks.", "model.layers."),
+    ("model.transformer.ln_f.", "model.norm."),
 )
-
-
-class LLaDAConfig(PreTrainedConfig):
-    r"""
-    Configuration of a LLaDA model, with the key names of the official `config.json` (GSAI-ML/LLaDA-8B-Instruct).
-    Defaults are LLaDA-8B's. Standard transformers names (`hidden_size`, `num_hidden_layers`, ...) are aliases.
-
-    Args:
-        d_model (`int`, *optional*, defaults to `4096`):
-            Hidden size.
-        n_heads (`int`, *optional*, defaults to `32`):
-            Number of query heads; the head dimension is `d_model // n_heads`.
-        n_kv_heads (`int`, *optional*):
-            Number of key/value heads (grouped-query attention). `None` means `n_heads`.
-        n_layers (`int`, *optional*, defaults to `32`):
-            Number of transformer blocks.
-        mlp_hidden_size (`int`, *optional*, defaults to `12288`):
-            Inner size of the SwiGLU feed-forward.
-        rope_theta (`float`, *optional*, defaults to `500000.0`):
-            RoPE base.
-        rms_norm_eps (`float`, *optional*, defaults to `1e-5`):
-            Epsilon of the RMS norms.
-        max_sequence_length (`int`, *optional*, defaults to `4096`):
-            Longest sequence the model was trained on.
-        vocab_size (`int`, *optional*, defaults to `126464`):
-            Number of tokens of the tokenizer.
-        embedding_size (`int`, *optional*, defaults to `126464`):
-            Rows of the embedding and of the output head (may exceed `vocab_size`). `None` means `vocab_size`.
-        weight_tying (`bool`, *optional*, defaults to `False`):
-            Whether the output head is the token embedding.
-        include_qkv_bias (`bool`, *optional*, defaults to `False`):
-            Whether the query/key/value projections have a bias.
-        init_std (`float`, *optional*, defaults to `0.02`):
-            Standard deviation of the random initialisation.
-        attention_dropout (`float`, *optional*, defaults to `0.0`):
-            Dropout on the attention weights during training.
-        mask_token_id (`int`, *optional*, defaults to `126336`):
-            Id of the `[MASK]` token.
-    """
-
-    model_type = "llada"
-    # No remote code: TRL's `create_model_from_path` reads `config.auto_map` for classes outside transformers.
-    auto_map = {}
-    attribute_map = {
-        "hidden_size": "d_model",
-        "num_attention_heads": "n_heads",
-        "num_key_value_heads": "n_kv_heads",
-        "num_hidden_layers": "n_layers",
-        "intermediate_size": "mlp_hidden_size",
-        "max_position_embeddings": "max_sequence_length",
-        "tie_word_embeddings": "weight_tying",
-        "initializer_range": "init_std",
-    }
-
-    d_model: int = 4096
-    n_heads: int = 32
-    n_kv_heads: int | None = None
-    n_layers: int = 32
-    mlp_hidden_size: int = 12288
-    rope_theta: float = 500000.0
-    rms_norm_eps: float = 1e-5
-    max_sequence_length: int = 4096
-    vocab_size: int = 126464
-    embedding_size: int | None = 126464
-    weight_tying: bool = False
-    include_qkv_bias: bool = False
-    init_std: float = 0.02
-    attention_dropout: float = 0.0
-    use_cache: bool = False
-    mask_token_id: int | None = 126336
-    pad_token_id: int | None = 126081
-    eos_token_id: int | list[int] | None = 126081
-    bos_token_id: int | None = None
-
-    def __post_init__(self, **kwargs):
-        if self.n_kv_heads is None:
-            self.n_kv_heads = self.n_heads
-        if self.embedding_size is None:
-            self.embedding_size = self.vocab_size
-        if self.d_model % self.n_heads != 0:
-            raise ValueError(f"`d_model` ({self.d_model}) must be divisible by `n_heads` ({self.n_heads}).")
-        if self.n_heads % self.n_kv_heads != 0:
-            raise ValueError(f"`n_heads` ({self.n_heads}) must be a multiple of `n_kv_heads` ({self.n_kv_heads}).")
-        if self.embedding_size < self.vocab_size:
-            raise ValueError(
-                f"`embedding_size` ({self.embedding_size}) must be at least `vocab_size` ({self.vocab_size})."
-            )
-        for name, supported in _FIXED_OPTIONS:
-            value = kwargs.get(name, supported)
-            if value != supported:
-                raise ValueError(
-                    f"LLaDA config option {name}={value!r} is not supported by the native implementation, which "
-                    f"computes {name}={supported!r} (the published LLaDA-8B architecture)."
-                )
-        if kwargs.get("multi_query_attention"):
-            kwargs.pop("multi_query_attention")
-            self.n_kv_heads = 1
-        super().__post_init__(**kwargs)
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+# The same renames applied by transformers when loading with `from_pretrained` (and reversed when saving).
+LLADA_CHECKPOINT_CONVERSION = [
+    WeightRenaming("^" + re.escape(official), native) for official, native in LLADA_OFFICIAL_KEY_RENAMES
+]
+# The backbone's own keys: those of the full model under `model.` (the official head lives in the backbone's
+# `transformer` dict, so `transformer.ff_out` has no backbone counterpart and stays an unexpected key).
+_LLADA_BACKBONE_KEY_RENAMES = tuple(
+    (official.removeprefix("model."), native.removeprefix("model."))
+    for official, native in LLADA_OFFICIAL_KEY_RENAMES
+    if native.startswith("model.")
+)
+_LLADA_LAYOUT = (
+    "the official LLaDA layout (`model.transformer.wte`, `model.transformer.blocks.N.<leaf>`, "
+    "`model.transformer.ln_f`, `model.transformer.ff_out`) or the native one (`model.embed_tokens`, "
+    "`model.layers.N.<leaf>`, `model.norm`, `lm_head`), block leaves `attn_norm, q_proj, k_proj, v_proj, attn_out, "
+    "ff_norm, ff_proj, up_proj, ff_out`"
+)
 
 
 class LLaDABlock(BidirectionalAttentionMixin, GradientCheckpointingLayer):
@@ -203,8 +110,9 @@ class LLaDABlock(BidirectionalAttentionMixin, GradientCheckpointingLayer):
         return hidden_states + self.ff_out(nn.functional.silu(self.ff_proj(normed)) * self.up_proj(normed))
 
 
-class LLaDAPreTrainedModel(PreTrainedModel):
+class LLaDAPreTrainedModel(NativeStateDictMixin, PreTrainedModel):
     config_class = LLaDAConfig
+    checkpoint_layout = _LLADA_LAYOUT
     config: LLaDAConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
@@ -217,6 +125,8 @@ class LLaDAPreTrainedModel(PreTrainedModel):
 
 class LLaDAModel(LLaDAPreTrainedModel):
     """The LLaDA backbone: embeddings, blocks and final norm. Returns `last_hidden_state` (B, L, d_model)."""
+
+    official_key_renames = _LLADA_BACKBONE_KEY_RENAMES
 
     def __init__(self, config: LLaDAConfig):
         super().__init__(config)
@@ -259,6 +169,7 @@ class LLaDAForMaskedDiffusion(DiffusionGenerateMixin, LLaDAPreTrainedModel, Gene
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    official_key_renames = LLADA_OFFICIAL_KEY_RENAMES
 
     def __init__(self, config: LLaDAConfig):
         super().__init__(config)
@@ -308,3 +219,8 @@ class LLaDAForMaskedDiffusion(DiffusionGenerateMixin, LLaDAPreTrainedModel, Gene
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         return CausalLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+# Importing this module (which building any `LLaDAConfig` does) registers the classes with the Auto classes and the
+# official key renames with `from_pretrained`.
+register_model_classes(LLaDAConfig, LLaDAModel, LLaDAForMaskedDiffusion, LLADA_CHECKPOINT_CONVERSION)

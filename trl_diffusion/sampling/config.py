@@ -147,10 +147,12 @@ class DiffusionGenerationConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         if self.gen_length % self.block_length != 0:
+            divisors = [d for d in (4, 8, 16, 32, 64) if self.gen_length % d == 0]
             raise ValueError(
                 f"`gen_length` ({self.gen_length}) must be divisible by `block_length` ({self.block_length}), i.e. a "
-                f"multiple of `block_length`. Pick a block length that divides it, or {self.gen_length} for a single "
-                "block."
+                f"multiple of `block_length`. Set `block_length` to a divisor of {self.gen_length} (e.g. "
+                f"{divisors[-1] if divisors else self.gen_length}, or {self.gen_length} for a single block), or "
+                f"`gen_length` to a multiple of {self.block_length}."
             )
         if self.steps % self.num_blocks != 0:
             raise ValueError(
@@ -210,11 +212,24 @@ class DiffusionGenerationConfig:
         `min(32, gen_length)` when `block_length` is `None`, and `gen_length // 2` steps (at least one) when `steps`
         is `None`. Other `fields` are passed on; validation is `__post_init__`'s.
         """
-        if block_length is None and isinstance(gen_length, int):
+        default_block = block_length is None and isinstance(gen_length, int)
+        if default_block:
             block_length = min(D1_BLOCK_LENGTH, gen_length)
         if steps is None and isinstance(gen_length, int):
             steps = max(1, gen_length // 2)
-        return cls(gen_length=gen_length, block_length=block_length, steps=steps, **fields)
+        try:
+            return cls(gen_length=gen_length, block_length=block_length, steps=steps, **fields)
+        except ValueError as error:
+            if not default_block:
+                raise
+            chosen = f"`block_length` ({block_length})"
+            raise ValueError(
+                str(error).replace(
+                    chosen,
+                    f"`block_length` ({block_length}, the default chosen because `block_length` was not set: LLaDA "
+                    f"and d1 decode in blocks of {D1_BLOCK_LENGTH})",
+                )
+            ) from error
 
     @property
     def parallel_decoding(self) -> bool:

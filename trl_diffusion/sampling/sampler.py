@@ -174,6 +174,10 @@ def generate(
         `torch.LongTensor` `(B, P + gen_length)`: the prompts unchanged followed by the answers (no mask left).
         Exactly `config.forward_passes` model calls are made, whatever the data (at most that many with
         `threshold` / `factor`, see `early_stop`).
+
+    Raises:
+        [`~trl_diffusion.nonfinite.NonFiniteLogitsError`]: as soon as the logits of a step hold NaN or an infinity
+            (broken weights), naming the block and step.
     """
     config = config if config is not None else DiffusionGenerationConfig()
     if overrides:
@@ -267,11 +271,11 @@ def generate(
                     logits = un_logits + (config.cfg_scale + 1) * (logits - un_logits)  # LLaDA Eq. 16
                 if parallel:
                     new_rows, row_transfer = unmask_parallel(
-                        row_block, logits, columns, valid, k, mask_token_id, config, generator
+                        row_block, logits, columns, valid, k, mask_token_id, config, generator, block, step
                     )
                 else:
                     new_rows, row_transfer = unmask_top_k(
-                        row_block, logits, columns, k, mask_token_id, config, generator
+                        row_block, logits, columns, k, mask_token_id, config, generator, block, step
                     )
                 new_block, transfer_index = new_rows, row_transfer
                 if rows is not None:  # rows without masks are unchanged

@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from trl_diffusion.nonfinite import check_finite_logits
 from trl_diffusion.sampling.config import DiffusionGenerationConfig
 
 
@@ -69,7 +70,7 @@ def uniform_draws(shape, generator: torch.Generator, device: torch.device) -> to
 
 
 def propose(
-    logits: torch.Tensor, mask_token_id: int, config: DiffusionGenerationConfig, generator
+    logits: torch.Tensor, mask_token_id: int, config: DiffusionGenerationConfig, generator, block=None, step=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Proposals `x0` `(B, n)` and their confidences `(B, n)` for the `n` masked positions of the block. The `logits`
@@ -86,12 +87,14 @@ def propose(
     `low_confidence` confidence is the softmax probability of the proposal under the un-noised logits, as in the
     reference, computed by torch's fused float32 softmax written over the logits (~1e-7 relative) instead of a
     float64 softmax over the vocabulary, which costs about 4x more. The maximum and its first index come from
-    [`max_and_argmax`].
+    [`max_and_argmax`]; logits holding NaN or an infinity raise
+    [`~trl_diffusion.nonfinite.NonFiniteLogitsError`] naming `block` and `step`.
     """
     device = logits.device
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # (B, n, V); overwritten below, like the model's output
-    x0 = max_and_argmax(logits)[1]  # (B, n): the first index of the maximum, as `argmax`
+    maximum, x0 = max_and_argmax(logits)  # (B, n) each: x0 is the first index of the maximum, as `argmax`
+    check_finite_logits(maximum, block, step)  # NaN anywhere in a row makes its maximum NaN
     if config.temperature > 0:
         gumbel = uniform_draws(logits.shape, generator, device)  # (B, n, V) float64 u
         gumbel.log_().neg_().log_().mul_(-config.temperature).add_(logits)  # logits - T * log(-log u)
@@ -115,7 +118,7 @@ def propose(
 
 def unmask_top_k(
     x_block: torch.Tensor, logits: torch.Tensor, masked_columns: torch.Tensor, k: int, mask_token_id: int, config,
-    generator,
+    generator, block=None, step=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """
     One reverse step on the current block: propose at the masked positions, unmask the `k` most confident per row.
@@ -124,7 +127,7 @@ def unmask_top_k(
     block). Positions that are not masked have confidence `-inf` in the reference, so ranking the masked ones only
     selects the same top `k`. Returns the new block `(B, Lb)` and the boolean transfer index `(B, Lb)`.
     """
-    x0, confidence = propose(logits, mask_token_id, config, generator)  # (B, n), (B, n)
+    x0, confidence = propose(logits, mask_token_id, config, generator, block, step)  # (B, n), (B, n)
     transfer_index = torch.zeros_like(x_block, dtype=torch.bool)
     if k > 0:
         top = confidence.topk(k, dim=-1).indices  # (B, k) indices into the n masked columns
@@ -189,15 +192,16 @@ def select_parallel(
 
 
 def unmask_parallel(
-    x_block, logits, columns, valid, k: int, mask_token_id: int, config: DiffusionGenerationConfig, generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+    x_block, logits, columns, valid, k: int, mask_token_id: int, config: DiffusionGenerationConfig, generator,
+    block=None, step=None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """
     One step of confidence-aware parallel decoding on the current block: proposals and confidences at the masked
     columns (`logits` (B, n, V) for `columns` (B, n), `valid` marking real masked entries; the exact sampler's
     [`propose`]), then the rule of [`select_parallel`] with the schedule's `k` (at least
     one) as floor. Returns the new block (B, Lb) and the transfer index (B, Lb).
     """
-    x0, confidence = propose(logits, mask_token_id, config, generator)  # (B, n) each
+    x0, confidence = propose(logits, mask_token_id, config, generator, block, step)  # (B, n) each
     confidence = torch.where(valid, confidence, torch.full_like(confidence, -math.inf))
     chosen = select_parallel(confidence, valid.sum(-1), max(1, k), config.threshold, config.factor)  # (B, n)
     transfer_index = torch.zeros_like(x_block, dtype=torch.bool).scatter(1, columns, chosen)  # (B, Lb)

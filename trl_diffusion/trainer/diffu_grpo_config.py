@@ -50,12 +50,84 @@ def check_supported_options(args) -> None:
             raise ValueError(f"`{name}=True` is not supported for masked diffusion models: {advice}")
     for name, neutral in NEUTRAL_SAMPLING_OPTIONS.items():
         value = getattr(args, name, neutral)
+        if name == "generation_kwargs" and value in ({}, "", "{}"):
+            continue  # an empty dict (common in YAML recipes) sets nothing
         if value != neutral and not (name == "top_k" and value is None):
             raise ValueError(
                 f"`{name}={value!r}` is an autoregressive sampling option that the masked diffusion sampler does not "
                 f"apply; leave it at {neutral!r}. The diffusion sampler is tuned with `temperature`, `remasking`, "
                 "`cfg_scale`, `block_length`, `rollout_steps` and `diffusion_generation_kwargs`."
             )
+
+
+# TRL options with no meaning for a ratio-free objective (no importance weight, no per-token loss), at their neutral
+# values.
+RATIO_FREE_NEUTRAL_OPTIONS = {
+    "importance_sampling_level": "token",
+    "delta": None,
+    "off_policy_mask_threshold": None,
+    "top_entropy_quantile": 1.0,
+    "entropy_coef": 0.0,
+    "use_adaptive_entropy": False,
+}
+
+
+# TRL fields an objective's preset fills when left unset: objective -> value (TRL's default for the others).
+PRESET_FIELDS = {
+    "importance_sampling_level": {"espo": "sequence"},
+    "loss_type": {"coupled_grpo": "bnpo", "espo": "grpo"},
+}
+
+
+def check_objective(args) -> None:
+    """
+    Fill the fields the objective's preset defines and the user left unset (`likelihood_estimator` and
+    [`PRESET_FIELDS`]), then refuse with a `ValueError` any combination the objective cannot use.
+    """
+    from trl_diffusion.objectives import DEFAULT_ESTIMATORS, OBJECTIVES, check_objective_name
+
+    check_objective_name(args.objective)
+    estimators, uses_ratio = OBJECTIVES[args.objective]
+    if args.likelihood_estimator is None:
+        args.likelihood_estimator = DEFAULT_ESTIMATORS[args.objective]
+    if estimators is not None and args.likelihood_estimator not in estimators:
+        raise ValueError(
+            f"`objective={args.objective!r}` needs `likelihood_estimator` in {list(estimators)} (got "
+            f"{args.likelihood_estimator!r}); leave it unset for {DEFAULT_ESTIMATORS[args.objective]!r}, or use "
+            f"`objective='d1'` for TRL's per-token PPO-clip on {args.likelihood_estimator!r}."
+        )
+    trl_default = {name: GRPOConfig.__dataclass_fields__[name].default for name in PRESET_FIELDS}
+    for name, values in PRESET_FIELDS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, values.get(args.objective, trl_default[name]))
+    if args.objective == "espo":
+        if args.importance_sampling_level != "sequence":
+            raise ValueError(
+                "`objective='espo'` is sequence-level PPO-clip: leave `importance_sampling_level` unset (or "
+                "'sequence'); for a token-level ratio on the ELBO use `objective='d1'` with "
+                "`likelihood_estimator='mc_elbo'`."
+            )
+        if args.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(
+                "`objective='espo'` forms its leave-one-out baseline from per-group advantages: set "
+                "`multi_objective_aggregation='sum_then_normalize'`."
+            )
+    if not uses_ratio:
+        if args.beta != 0.0:
+            raise ValueError(
+                f"`objective={args.objective!r}` has no KL term (its loss uses no reference policy): set `beta=0.0`, "
+                "or use `objective='d1'` or `'espo'` for a KL-regularised objective."
+            )
+        for name, neutral in RATIO_FREE_NEUTRAL_OPTIONS.items():
+            if getattr(args, name, neutral) != neutral:
+                raise ValueError(
+                    f"`{name}={getattr(args, name)!r}` acts on importance ratios or per-token losses, which "
+                    f"`objective={args.objective!r}` does not have; leave it at {neutral!r}."
+                )
+    if args.spg_eubo_beta <= 0:
+        raise ValueError(f"`spg_eubo_beta` must be > 0 (SPG: 1.5 for math), got {args.spg_eubo_beta}.")
+    if not 0.0 <= args.spg_mix <= 1.0:
+        raise ValueError(f"`spg_mix` must be in [0, 1] (SPG recommends 0.5), got {args.spg_mix}.")
 
 
 @dataclass
@@ -112,10 +184,63 @@ class DiffuGRPOConfig(GRPOConfig):
             applied on top of the fields above. Replaces `generation_kwargs`, which configures autoregressive
             decoding.
 
+    > Parameters of the RL objective
+
+        objective (`str`, *optional*, defaults to `"d1"`):
+            The RL objective, a preset of the estimator and the loss (`trl_diffusion.objectives`). A preset fills
+            only the fields that define the objective and that are left unset (`None`): `likelihood_estimator`,
+            `importance_sampling_level` and `loss_type` (TRL's defaults `"token"` and `"dapo"` where the objective
+            has no value of its own); an explicit value the objective cannot use is refused with what to use.
+            Hyper-parameters stay ordinary fields with TRL's defaults: the papers' values are listed here and set
+            by the recipes in `examples/recipes/` (`{objective}_{task}.yaml`).
+
+            - `"d1"` (arXiv 2504.12216): TRL's per-token PPO-clip with k3 KL on the `"one_step"` estimator (any
+              estimator may be chosen). Paper: `beta=0.04`, `epsilon=0.5`, `num_iterations=12`, `loss_type="grpo"`,
+              `scale_rewards="none"`, `num_generations=6`, `learning_rate=3e-6`.
+            - `"coupled_grpo"` (DiffuCoder, arXiv 2506.20639; apple/ml-diffucoder `src/open_r1/coupled_grpo.py`):
+              TRL's per-token PPO-clip with k3 KL on the `"coupled"` estimator. Paper: `beta=0.01`, `epsilon=0.5`,
+              `num_iterations=2`, `num_generations=10`, `learning_rate=1e-6`; preset `loss_type="bnpo"` (DiffuCoder's
+              token mean over the micro-batch).
+            - `"spg"` (arXiv 2510.09541; facebookresearch/SPG `spg/spg_trainer.py`): no ratio, no clipping, no KL
+              (`beta > 0` is refused); loss `-sum_i A_i L_i (1[A_i > 0] ELBO_i + 1[A_i <= 0] NEG_i) / sum_i L_i`
+              on the draws of the `"spg_block"` estimator, `NEG = spg_mix EUBO + (1 - spg_mix) ELBO`. Paper:
+              `scale_rewards="none"`, `num_iterations=4` (each inner iteration draws fresh masks through
+              `random_masking`), `spg_num_draws=2`, `block_length=32`, `spg_mix=0.5` with `spg_eubo_beta` 1.5
+              (1.0 on Sudoku), `learning_rate=3e-6`. Options that act on ratios or per-token losses
+              (`importance_sampling_level="sequence"`, `delta`, `off_policy_mask_threshold`, entropy masking and
+              bonus) are refused for SPG and wd1; `loss_type` and `epsilon` do not enter their losses.
+            - `"wd1"` (arXiv 2507.08838; xiaohangt/wd1 `wd1/trainers/rev_grpo_trainer.py`): ratio-free weighted
+              likelihood `-sum_i softmax(A)_i l_i + sum_i softmax(-A)_i l_i` with `l_i` the summed `"one_step"`
+              log-probs and the softmax over each prompt's group (wd1's code takes it over the per-device batch,
+              one group in its configurations); the loss is averaged over groups. No old or reference log-probs are
+              computed (`beta > 0` is refused). Paper: `num_iterations=12`, `scale_rewards="none"`,
+              `num_generations=6`, `learning_rate=3e-6`.
+            - `"espo"` (arXiv 2512.03759; ML-GSAI/ESPO `espo/espo_trainer.py`): TRL's sequence-level PPO-clip
+              (`importance_sampling_level="sequence"`, the ratio `exp((ELBO_theta - ELBO_old) / L)`) on the
+              `"mc_elbo"` estimator (or `"spg_block"`), with a leave-one-out baseline (TRL's advantages times
+              `G / (G - 1)`) and, in place of TRL's per-token k3 term, `beta` times the k2 estimate
+              `(ELBO_theta - ELBO_ref)^2 / (2 L)` averaged over rows, `L` the completion's length (ESPO divides by
+              its generation length, padding included, which its ELBO also scores). Paper: `beta=1e-3` (GSM8K,
+              MATH; 3e-3 Countdown, 1e-2 Sudoku), `epsilon=0.2`, `num_iterations=8`, `num_mc=2`,
+              `mc_complement=True`, `num_generations=6`, `learning_rate=3e-6`; preset `loss_type="grpo"` (ESPO's
+              mean over sequences).
+        spg_eubo_beta (`float`, *optional*, defaults to `1.5`):
+            `"spg"` only: exponent `b` of SPG's upper bound (SPG: 1.5, 1.0 on Sudoku; its EUBO-only runs use 2.0
+            on Countdown).
+        spg_mix (`float`, *optional*, defaults to `0.5`):
+            `"spg"` only: weight `w` of the upper bound in the bound of negative-advantage rows, `w EUBO + (1 - w)
+            ELBO`; `1` is the pure EUBO, `0` the ELBO (SPG recommends 0.5).
+        importance_sampling_level (`str`, *optional*):
+            TRL's option (`"token"` or `"sequence"`); defaults to `"sequence"` for `"espo"`, else `"token"`.
+        loss_type (`str`, *optional*):
+            TRL's option; defaults to `"bnpo"` for `"coupled_grpo"`, `"grpo"` for `"espo"`, else TRL's `"dapo"`
+            (d1 keeps TRL's default so that a GRPO script behaves the same; d1's paper uses `"grpo"`).
+
     > Parameters of the log-probability estimator
 
-        likelihood_estimator (`str`, *optional*, defaults to `"one_step"`):
-            Name of the per-token log-probability estimator in `trl_diffusion.likelihood.LOGP_ESTIMATORS`:
+        likelihood_estimator (`str`, *optional*):
+            Name of the per-token log-probability estimator in `trl_diffusion.likelihood.LOGP_ESTIMATORS`, by
+            default the objective's (`"one_step"` for d1 and wd1, `"coupled"`, `"spg_block"`, `"mc_elbo"` for ESPO):
             `"one_step"` is d1's (fully masked completion, randomly masked prompt; 1 forward pass per row),
             `"coupled"` DiffuCoder's coupled masks (3 passes, 2 without `coupled_full_mask_term`), `"mc_elbo"` the
             Monte-Carlo ELBO of LLaDA / ESPO (`num_mc` passes, twice that with `mc_complement`), `"spg_block"`
@@ -188,9 +313,35 @@ class DiffuGRPOConfig(GRPOConfig):
         default=None,
         metadata={"help": "Further fields of trl_diffusion.sampling.DiffusionGenerationConfig (e.g. speed options)."},
     )
-    likelihood_estimator: str = field(
-        default="one_step",
-        metadata={"help": "Name of the log-probability estimator in trl_diffusion.likelihood.LOGP_ESTIMATORS."},
+    objective: str = field(
+        default="d1",
+        metadata={
+            "help": "RL objective: a preset of the estimator and the loss (trl_diffusion.objectives).",
+            "choices": ["d1", "coupled_grpo", "spg", "wd1", "espo"],
+        },
+    )
+    spg_eubo_beta: float = field(
+        default=1.5,
+        metadata={"help": "spg objective: exponent of the upper bound (SPG: 1.5, 1.0 on Sudoku)."},
+    )
+    spg_mix: float = field(
+        default=0.5,
+        metadata={"help": "spg objective: weight of the upper bound for negative advantages (1: EUBO, 0: ELBO)."},
+    )
+    importance_sampling_level: str | None = field(
+        default=None,
+        metadata={"help": "TRL's importance sampling level, token or sequence; defaults to the objective's."},
+    )
+    loss_type: str | None = field(
+        default=None,
+        metadata={"help": "TRL's loss aggregation; defaults to the objective's (bnpo, grpo), else TRL's dapo."},
+    )
+    likelihood_estimator: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name of the log-probability estimator in trl_diffusion.likelihood.LOGP_ESTIMATORS; defaults "
+            "to the objective's."
+        },
     )
     p_mask_prompt: float = field(
         default=0.15,
@@ -224,6 +375,7 @@ class DiffuGRPOConfig(GRPOConfig):
 
     def __post_init__(self):
         check_supported_options(self)
+        check_objective(self)
         super().__post_init__()
         from trl_diffusion.likelihood import LOGP_ESTIMATORS
 

@@ -11,12 +11,27 @@ from trl.extras.profiling import profiling_context
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import get_config_model_id, pad
 
-import trl_diffusion.models  # noqa: F401  (registers the native LLaDA / Dream classes with transformers)
 from trl_diffusion.end_of_answer import cut_at_end_of_answer, end_of_answer_ids
-from trl_diffusion.likelihood import ESTIMATOR_OPTIONS, LOGP_ESTIMATORS, derive_mask_seeds, derive_seed
+from trl_diffusion.likelihood import (
+    ESTIMATOR_OPTIONS,
+    LOGP_ESTIMATORS,
+    derive_mask_seeds,
+    derive_seed,
+    spg_block_draws,
+)
+from trl_diffusion.objectives import (
+    OBJECTIVES,
+    leave_one_out_advantages,
+    sequence_k2_kl,
+    spg_loss,
+    spg_sequence_logps,
+    wd1_loss,
+    wd1_weights,
+)
 from trl_diffusion.sampling import DiffusionGenerationConfig, generate
 from trl_diffusion.spec import get_model_spec, require_mask_token_id
 from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig, check_supported_options
+from trl_diffusion.trainer.peft_support import check_peft_adapters
 
 
 # The scored sequence is left-padded to a multiple of this length so that a row's log-probs do not depend, even in
@@ -25,6 +40,21 @@ from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig, check_suppo
 _SCORING_LENGTH_MULTIPLE = 16
 # Tags that keep the seed streams of rollouts, training masks and evaluation apart.
 _ROLLOUT_STREAM, _TRAIN_STREAM, _EVAL_STREAM = 1, 2, 3
+
+
+def check_prompt_column(dataset, name: str) -> None:
+    """Raise a `ValueError` when `dataset` (or one dataset of a dict of them) has column names but no `prompt`."""
+    if isinstance(dataset, dict):
+        for key, value in dataset.items():
+            check_prompt_column(value, f"{name}[{key!r}]")
+        return
+    columns = getattr(dataset, "column_names", None)  # None for an IterableDataset of unknown features
+    if columns is not None and "prompt" not in columns:
+        raise ValueError(
+            f"`{name}` has no `prompt` column (its columns: {list(columns)}): GRPO generates a completion for each "
+            "row's `prompt` (a string, or a list of chat messages) and passes the other columns to the reward "
+            "functions. Rename the column holding the prompts, e.g. `dataset.rename_column('question', 'prompt')`."
+        )
 
 
 class DiffuGRPOTrainer(GRPOTrainer):
@@ -37,7 +67,9 @@ class DiffuGRPOTrainer(GRPOTrainer):
     - Generation (`_generate_single_turn`): completions come from [`rollout`], which runs the masked diffusion
       sampler (`trl_diffusion.sampling.generate`) inside TRL's own context managers (unwrapping for ZeRO-3, no-grad,
       full-parameter summoning). Rollout randomness comes from a generator seeded from the config seed, the step and
-      the rank: no global RNG is touched.
+      the rank: no global RNG is touched. Evaluation rollouts and masks have their own stream, seeded from the
+      config seed, the global step and the index of the batch in the evaluation, so an evaluation at a given step
+      always gives the same metrics and never moves the training stream.
     - Scoring (`_get_per_token_logps_and_entropies`): d1's one-step estimate (or another estimator of
       `trl_diffusion.likelihood.LOGP_ESTIMATORS`, chosen by `likelihood_estimator`), with its masks drawn from a
       seed carried by each row.
@@ -46,6 +78,11 @@ class DiffuGRPOTrainer(GRPOTrainer):
       shape (B, mu, C), and the loss (`_compute_loss`) of inner iteration `k = (_step // steps_per_generation) %
       num_iterations` uses column `k` for all three of them (d1, section 3.2).
 
+    - The loss (`_compute_loss`) follows `objective` (see [`DiffuGRPOConfig`]): d1 and coupled-GRPO are TRL's loss
+      unchanged; ESPO is TRL's sequence-level loss with a leave-one-out baseline and its k2 ELBO penalty in place
+      of TRL's k3 term; SPG and wd1 are the ratio-free losses of `trl_diffusion.objectives`, for which no old or
+      reference log-probs are computed.
+
     Inherited unchanged: datasets and prompt repetition, chat templates, reward functions and weights, advantage
     computation (`scale_rewards`, `multi_objective_aggregation`), every `loss_type` and `importance_sampling_level`,
     clipping, the KL term against a full reference model or a disabled PEFT adapter, `sync_ref_model`,
@@ -53,7 +90,9 @@ class DiffuGRPOTrainer(GRPOTrainer):
     batches, logging, model cards, checkpoints, accelerate / DeepSpeed integration.
 
     Refused before TRL's initialisation (a `ValueError` says what to use instead): vLLM, continuous batching and
-    other autoregressive decoding options, tools and environments, vision-language processors, Liger kernels.
+    other autoregressive decoding options, tools and environments, vision-language processors, Liger kernels, PEFT
+    prompt learning with virtual tokens (prompt tuning, P-tuning; prefix tuning and LoRA work), a dataset without
+    a `prompt` column.
     """
 
     _tag_names = ["trl", "grpo", "trl-diffusion", "diffu-grpo"]
@@ -113,11 +152,16 @@ class DiffuGRPOTrainer(GRPOTrainer):
                 "Vision-language processors (`processing_class` is a ProcessorMixin) are not supported: the "
                 "diffusion sampler and estimator are text-only. Pass the text tokenizer instead."
             )
+        check_peft_adapters(model, peft_config, "DiffuGRPOTrainer")
+        check_prompt_column(train_dataset, "train_dataset")
+        check_prompt_column(eval_dataset, "eval_dataset")
         if processing_class is None:  # a tokenizer, never a multimodal processor
             processing_class = AutoTokenizer.from_pretrained(
                 model_id, padding_side="left", truncation_side="left", trust_remote_code=args.trust_remote_code
             )
         self._active_mask_seeds = None  # (B,) or (B, n) while scoring; see `_mask_seeds`
+        self._skip_scoring = False  # generation-time scoring of ratio-free objectives returns None
+        self._captured_logps = None  # list collecting the loss's per-token log-probs (ESPO's KL)
         self._eval_generations = 0
         super().__init__(
             model=model,
@@ -146,6 +190,8 @@ class DiffuGRPOTrainer(GRPOTrainer):
         # the estimator with its own options bound from the config fields of the same names
         options = {name: getattr(args, name) for name in ESTIMATOR_OPTIONS[args.likelihood_estimator]}
         self.logp_estimator = functools.partial(LOGP_ESTIMATORS[args.likelihood_estimator], **options)
+        if args.objective == "spg":  # SPG's bounds need the estimator's draws, not its per-token ELBO
+            self.spg_draws = functools.partial(spg_block_draws, **options)
         self.diffusion_generation_config = self._build_generation_config(args)
 
     def _build_generation_config(self, args: DiffuGRPOConfig) -> DiffusionGenerationConfig:
@@ -222,6 +268,12 @@ class DiffuGRPOTrainer(GRPOTrainer):
         )
         return completions, None
 
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, **kwargs):
+        # Evaluation batches are numbered from 0 in every evaluation: the rollouts and masks of an evaluation are a
+        # function of (seed, global step, eval data) only, so repeated evaluations at a step give the same metrics.
+        self._eval_generations = 0
+        return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, **kwargs)
+
     def _generate_and_score_completions(self, inputs):
         """TRL's generation and scoring, with per-row mask seeds (B, n) attached and used for every scoring pass."""
         training = self.model.training
@@ -234,11 +286,28 @@ class DiffuGRPOTrainer(GRPOTrainer):
             self.args.seed, derive_seed(*key), self.accelerator.process_index, len(inputs), num_masks
         )
         seeds = seeds.to(self.accelerator.device)  # (B, n)
-        with self._mask_seeds(seeds):
-            output = super()._generate_and_score_completions(inputs)
+        # ratio-free objectives (SPG, wd1) use no old-policy log-probs (and beta is 0: no reference ones)
+        self._skip_scoring = not OBJECTIVES[self.args.objective][1]
+        try:
+            with self._mask_seeds(seeds):
+                output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._skip_scoring = False
         if not training:
             self._eval_generations += 1
         output["mask_seeds"] = seeds
+        num_generations = self.num_generations if training else self.num_generations_eval
+        if self.args.objective == "espo" and num_generations > 1:
+            output["advantages"] = leave_one_out_advantages(output["advantages"], num_generations)
+        elif self.args.objective == "wd1":
+            # the softmax runs over each prompt's group, which the later shuffle and split of the batch break up:
+            # take it now, over the advantages of all ranks (TRL's global order), and keep this rank's rows
+            advantages = self.accelerator.gather(output["advantages"])  # (B * processes,)
+            positive, negative = wd1_weights(advantages, num_generations)
+            local = slice(
+                self.accelerator.process_index * len(inputs), (self.accelerator.process_index + 1) * len(inputs)
+            )
+            output["wd1_weights"] = torch.stack([positive[local], negative[local]], dim=1)  # (B, 2)
         return output
 
     def _compute_loss(self, model, inputs):
@@ -252,7 +321,75 @@ class DiffuGRPOTrainer(GRPOTrainer):
             if inputs.get(name) is not None:
                 inputs[name] = inputs[name][:, column]  # (b, n, C) -> (b, C)
         with self._mask_seeds(seeds[:, column]):
+            if self.args.objective in ("spg", "wd1"):
+                return self._ratio_free_loss(model, inputs)
+            if self.args.objective == "espo" and self.beta != 0.0:
+                return self._espo_loss(model, inputs)
             return super()._compute_loss(model, inputs)
+
+    def _espo_loss(self, model, inputs):
+        """
+        ESPO: TRL's sequence-level PPO-clip with its KL term off, plus `beta` times the k2 estimate on the sequence
+        ELBO difference ([`~trl_diffusion.objectives.sequence_k2_kl`]), averaged over rows.
+        """
+        beta, self.beta = self.beta, 0.0  # TRL's _compute_loss adds its per-token k3 term when self.beta != 0
+        self._captured_logps = []
+        try:
+            loss = super()._compute_loss(model, inputs)
+            (per_token_logps,) = self._captured_logps  # the one scoring call of the loss, (b, C) with gradients
+        finally:
+            self.beta, self._captured_logps = beta, None
+        kl = sequence_k2_kl(per_token_logps, inputs["ref_per_token_logps"], inputs["completion_mask"])  # (b,)
+        mode = "train" if self.model.training else "eval"
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        self._metrics[mode]["kl"].append(self.accelerator.gather(kl.detach()).mean().item())
+        return loss + beta * kl.mean() / accumulation
+
+    def _ratio_free_loss(self, model, inputs):
+        """SPG's or wd1's loss on one micro-batch, scaled so that the accumulation window sums to the paper's."""
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        mode = "train" if self.model.training else "eval"
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
+        if self.args.objective == "wd1":
+            input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+            attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+            per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, completion_ids.size(1)
+            )
+            sequence_logps = (per_token_logps * completion_mask).sum(dim=1)  # (b,)
+            num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+            num_groups = completion_ids.size(0) / num_generations * accumulation
+            weights = inputs["wd1_weights"]  # (b, 2)
+            return wd1_loss(sequence_logps, weights[:, 0], weights[:, 1], num_groups)
+        with self.accelerator.autocast():
+            draws = self.spg_draws(
+                model,
+                prompt_ids,
+                prompt_mask,
+                completion_ids,
+                self._active_mask_seeds,
+                **self._estimator_kwargs(completion_mask),
+            )
+        advantages = inputs["advantages"]  # (b,)
+        bounds = spg_sequence_logps(draws, advantages, self.args.spg_eubo_beta, self.args.spg_mix)  # (b,)
+        # SPG divides by the tokens of its micro-batch; here by those of the accumulation window (TRL's dapo count)
+        num_tokens = inputs["num_items_in_batch"].float() / self.accelerator.num_processes
+        if mode == "train":
+            num_tokens = num_tokens * accumulation / self.args.steps_per_generation
+        return spg_loss(bounds, advantages, completion_mask.sum(dim=1).float(), float(num_tokens))
+
+    def _estimator_kwargs(self, completion_mask: torch.Tensor) -> dict:
+        """Keyword arguments of every estimator call, from the trainer's settings."""
+        return {
+            "mask_token_id": self.mask_token_id,
+            "p_mask_prompt": self.args.p_mask_prompt,
+            "logit_shift": self.diffusion_spec.logit_shift,
+            "num_masked_slots": self.max_completion_length,
+            "temperature": self.args.scoring_temperature,
+            "pad_to_multiple_of": _SCORING_LENGTH_MULTIPLE,
+            "completion_mask": completion_mask,
+        }
 
     def _get_per_token_logps_and_entropies(
         self,
@@ -273,6 +410,8 @@ class DiffuGRPOTrainer(GRPOTrainer):
         """
         if self._active_mask_seeds is None:
             raise RuntimeError("Diffusion log-probs need per-row mask seeds; call inside `_mask_seeds(...)`.")
+        if self._skip_scoring:
+            return None, None, None
         if any(value is not None for value in multimodal_inputs.values()):
             raise ValueError("Multimodal inputs are not supported by the masked diffusion log-prob estimator.")
         seeds = self._active_mask_seeds
@@ -292,14 +431,8 @@ class DiffuGRPOTrainer(GRPOTrainer):
                         attention_mask[rows, :prompt_length],
                         input_ids[rows, prompt_length:],
                         seeds[rows, column],
-                        mask_token_id=self.mask_token_id,
-                        p_mask_prompt=self.args.p_mask_prompt,
-                        logit_shift=self.diffusion_spec.logit_shift,
-                        num_masked_slots=self.max_completion_length,
-                        temperature=self.args.scoring_temperature,
                         compute_entropy=compute_entropy,
-                        pad_to_multiple_of=_SCORING_LENGTH_MULTIPLE,
-                        completion_mask=attention_mask[rows, prompt_length:],
+                        **self._estimator_kwargs(attention_mask[rows, prompt_length:]),
                     )
                 chunk_logps.append(logps)
                 chunk_entropies.append(entropies)
@@ -311,4 +444,6 @@ class DiffuGRPOTrainer(GRPOTrainer):
         if not per_iteration:
             logps = logps.squeeze(1)
             entropies = entropies.squeeze(1) if entropies is not None else None
+        if self._captured_logps is not None:
+            self._captured_logps.append(logps)
         return logps, entropies, None

@@ -28,6 +28,11 @@ class MaskedSFTConfig(SFTConfig):
             learns to stop. Set it to the sampler's `gen_length` so training matches decoding. `None` pads to the
             longest completion of each micro-batch (LLaDA's SFT recipe), which makes the amount of EOS padding, and so
             the loss, depend on how examples are grouped: set it for gradient-accumulation-invariant training.
+        train_eos_after_truncation (`bool`, *optional*, defaults to `False`):
+            Whether a completion cut by the `max_length` truncation still gets trained EOS padding. LLaDA pads every
+            response with trained EOS, which after a cut completion teaches the model to stop mid-word; by default
+            that padding is neither attended nor trained (the cut rows are counted and logged as `num_truncated`).
+            `max_length` is also lowered to the model's `max_position_embeddings` when it is larger or `None`.
         mask_token_id (`int` or `None`, *optional*, defaults to `None`):
             Id of the `[MASK]` token. `None` reads it from the model family's spec, the model config or the tokenizer
             (see [`~trl_diffusion.get_model_spec`]).
@@ -49,6 +54,13 @@ class MaskedSFTConfig(SFTConfig):
         metadata={
             "help": "Fixed response length: completions are padded with EOS (trained) or truncated to this length. "
             "None pads to the longest completion of each micro-batch."
+        },
+    )
+    train_eos_after_truncation: bool = field(
+        default=False,
+        metadata={
+            "help": "Train EOS padding after completions cut at max_length (they would learn to stop mid-word); "
+            "by default that padding is neither attended nor trained."
         },
     )
     mask_token_id: int | None = field(

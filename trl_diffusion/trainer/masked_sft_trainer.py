@@ -6,18 +6,33 @@ from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
+from transformers import TrainingArguments
 from transformers.utils import logging
-from trl import SFTTrainer
+from trl import SFTConfig, SFTTrainer
 from trl.data_utils import get_dataset_column_names, is_conversational_from_value, maybe_convert_to_chatml
 
-import trl_diffusion.models  # noqa: F401  (registers the native LLaDA / Dream classes with transformers)
 from trl_diffusion.end_of_answer import end_of_answer_ids
 from trl_diffusion.masking import mask_response_tokens, sample_mask_ratios
 from trl_diffusion.spec import get_model_spec, require_mask_token_id
 from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig
+from trl_diffusion.trainer.peft_support import check_peft_adapters
 
 
 logger = logging.get_logger(__name__)
+
+
+def cut_at_max_length(ids: list[int], max_length: int | None, truncation_mode: str, stop_ids) -> bool:
+    """
+    Whether TRL's truncation to `max_length` cut the end of this prompt + completion `ids`: with
+    `truncation_mode="keep_start"`, a row of `max_length` tokens (or more, when preparation was skipped) that does not
+    end with a stop token. A completion that happened to end exactly at `max_length` with its EOS counts as whole.
+    """
+    return (
+        max_length is not None
+        and truncation_mode == "keep_start"
+        and len(ids) >= max_length
+        and (not ids or ids[-1] not in stop_ids)
+    )
 
 
 @dataclass
@@ -30,9 +45,14 @@ class MaskedDiffusionCollator:
     `max_completion_length` (completions longer than `R` are truncated, with a warning) or the longest completion of
     the batch. The prompt is the part of a row before its first label (TRL's completion / assistant mask); the rest
     must be labelled up to the end of the row. Returned keys, all `(B, P + R)`: `input_ids`, `attention_mask`
-    (0 on the left padding only: full attention over prompt and response), `position_ids` (counting real tokens),
-    and `labels` (token ids over the response, EOS padding included, `-100` elsewhere). The number of labelled
-    positions is the number of response tokens, which is what `Trainer` counts as `num_items_in_batch`.
+    (0 on the left padding: full attention over prompt and response), `position_ids` (counting real tokens),
+    `labels` (token ids over the response, EOS padding included, `-100` elsewhere), and `truncated` `(B,)`, the rows
+    whose completion was cut. The number of labelled positions is the number of response tokens, which is what
+    `Trainer` counts as `num_items_in_batch`.
+
+    A completion that TRL's `max_length` truncation cut ([`cut_at_max_length`]) ends mid-text: training EOS right
+    after it would teach the model to stop mid-word. Unless `train_eos_after_truncation`, its EOS padding is neither
+    attended (attention mask 0, position 0) nor trained (label `-100`). A completion cut at `R` has no padding.
 
     Args:
         base (`Callable`):
@@ -48,6 +68,16 @@ class MaskedDiffusionCollator:
             which cannot predict the first position).
         pad_to_multiple_of (`int` or `None`, *optional*):
             Left-pad the prompts further so the row length is a multiple of this.
+        max_length (`int` or `None`, *optional*):
+            TRL's truncation length of prompt + completion (`SFTConfig.max_length`), to recognise cut completions.
+        truncation_mode (`str`, *optional*, defaults to `"keep_start"`):
+            TRL's `truncation_mode`; only `"keep_start"` cuts completions.
+        stop_token_ids (`tuple[int, ...]`, *optional*):
+            Ids that end a whole completion (EOS); defaults to `(eos_token_id,)`.
+        train_eos_after_truncation (`bool`, *optional*, defaults to `False`):
+            Pad cut completions with trained EOS like whole ones (LLaDA's recipe, which pads every response).
+        max_positions (`int` or `None`, *optional*):
+            Number of positions the model can encode; a row that needs more is refused with a `ValueError`.
     """
 
     base: Any
@@ -56,6 +86,11 @@ class MaskedDiffusionCollator:
     max_completion_length: int | None
     min_prompt_length: int = 0
     pad_to_multiple_of: int | None = None
+    max_length: int | None = None
+    truncation_mode: str = "keep_start"
+    stop_token_ids: tuple[int, ...] = ()
+    train_eos_after_truncation: bool = False
+    max_positions: int | None = None
     num_truncated: int = field(default=0, init=False)
 
     def __call__(self, examples: list[dict[str, Any]], return_tensors: str | None = None) -> dict[str, torch.Tensor]:
@@ -69,7 +104,8 @@ class MaskedDiffusionCollator:
         return self.relayout(batch["input_ids"], batch["labels"], batch["attention_mask"])
 
     def relayout(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> dict:
-        prompts, completions = [], []
+        stop_ids = set(self.stop_token_ids or (self.eos_token_id,))
+        prompts, completions, cut = [], [], []
         for ids, lab, att in zip(input_ids.tolist(), labels.tolist(), attention_mask.tolist(), strict=True):
             length = sum(att)
             ids, lab = ids[:length], lab[:length]
@@ -77,7 +113,8 @@ class MaskedDiffusionCollator:
             if not labelled:
                 raise ValueError(
                     "An example has no completion tokens (every label is -100), so masked SFT has nothing to train "
-                    "on. Drop such examples or raise `max_length` so the completion is not truncated away."
+                    "on. Drop such examples, or shorten its prompt so that `max_length` truncation leaves part of "
+                    "the completion."
                 )
             start = max(labelled[0], self.min_prompt_length)
             if len(labelled) != length - labelled[0]:
@@ -88,35 +125,54 @@ class MaskedDiffusionCollator:
                 )
             prompts.append(ids[:start])
             completions.append(ids[start:])
+            cut.append(cut_at_max_length(ids, self.max_length, self.truncation_mode, stop_ids))
         longest = max(len(c) for c in completions)
         response_length = self.max_completion_length if self.max_completion_length is not None else longest
-        truncated = sum(len(c) > response_length for c in completions)
-        if truncated:
+        at_response_length = [len(c) > response_length for c in completions]
+        truncated = [a or b for a, b in zip(cut, at_response_length, strict=True)]
+        if any(truncated):
             if self.num_truncated == 0:
                 logger.warning(
-                    f"{truncated} completion(s) in a batch are longer than max_completion_length={response_length} "
-                    "and are truncated (they lose their end-of-sequence token); raise `max_completion_length`. "
-                    "Further truncations are counted in `collator.num_truncated`."
+                    f"{sum(cut)} completion(s) in a batch were cut at max_length={self.max_length} (their EOS "
+                    f"padding is {'trained' if self.train_eos_after_truncation else 'not trained'}) and "
+                    f"{sum(at_response_length)} are longer than the response length {response_length} and are "
+                    "truncated (they lose their end-of-sequence token); raise `max_length` / "
+                    "`max_completion_length`. Further truncations are counted in `collator.num_truncated` and logged "
+                    "as `num_truncated`."
                 )
-            self.num_truncated += truncated
+            self.num_truncated += sum(truncated)
         prompt_length = max(len(p) for p in prompts)
         total = prompt_length + response_length
         if self.pad_to_multiple_of:
             total = -(-total // self.pad_to_multiple_of) * self.pad_to_multiple_of
             prompt_length = total - response_length
         rows, label_rows, attention, positions = [], [], [], []
-        for prompt, completion in zip(prompts, completions, strict=True):
+        for prompt, completion, was_cut in zip(prompts, completions, cut, strict=True):
             left = prompt_length - len(prompt)
-            response = completion[:response_length] + [self.eos_token_id] * (response_length - len(completion))
+            kept = completion[:response_length]
+            padding = response_length - len(kept)
+            # a cut completion's padding is neither attended nor trained: EOS right after it would teach a stop
+            hidden = padding if was_cut and not self.train_eos_after_truncation else 0
+            used = len(prompt) + response_length - hidden  # positions the model encodes for this row
+            if self.max_positions is not None and used > self.max_positions:
+                raise ValueError(
+                    f"A training row needs {used} positions (prompt {len(prompt)} + response {response_length}) but "
+                    f"the model encodes at most {self.max_positions} (`max_position_embeddings`). Lower "
+                    f"`max_length` to at most {self.max_positions - response_length} (TRL truncates prompt + "
+                    f"completion to it) or `max_completion_length`, or drop the longest prompts."
+                )
+            response = kept + [self.eos_token_id] * padding
             rows.append([self.pad_token_id] * left + prompt + response)
-            label_rows.append([-100] * prompt_length + response)
-            attention.append([0] * left + [1] * (len(prompt) + response_length))
-            positions.append([0] * left + list(range(len(prompt) + response_length)))
+            trained = kept + [self.eos_token_id] * (padding - hidden)
+            label_rows.append([-100] * prompt_length + trained + [-100] * hidden)
+            attention.append([0] * left + [1] * used + [0] * hidden)
+            positions.append([0] * left + list(range(used)) + [0] * hidden)
         return {
             "input_ids": torch.tensor(rows, dtype=torch.long),  # (B, P + R)
             "attention_mask": torch.tensor(attention, dtype=torch.long),  # (B, P + R)
             "position_ids": torch.tensor(positions, dtype=torch.long),  # (B, P + R)
             "labels": torch.tensor(label_rows, dtype=torch.long),  # (B, P + R)
+            "truncated": torch.tensor(truncated, dtype=torch.bool),  # (B,)
         }
 
 
@@ -147,6 +203,66 @@ def split_last_assistant_turn(dataset: Dataset | IterableDataset) -> Dataset | I
         return {"prompt": messages[:-1], "completion": messages[-1:]}
 
     return dataset.map(split, remove_columns=["messages"])
+
+
+# What an evaluation of MaskedSFTTrainer reports (each as `eval_<name>`): Trainer's loss and speed metrics, then the
+# masked metrics of `MaskedSFTTrainer._log_masked_metrics`.
+EVAL_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
+MASKED_METRICS = ("masked_token_accuracy", "entropy", "mask_ratio", "num_tokens")
+# TRL SFTTrainer metrics with a masked counterpart here
+TRL_METRIC_COUNTERPARTS = {"mean_token_accuracy": "masked_token_accuracy"}
+
+
+def check_metric_for_best_model(args, eval_dataset) -> None:
+    """
+    Raise a `ValueError` at construction when `args.metric_for_best_model` is not a metric an evaluation logs, rather
+    than a `KeyError` at the first evaluation, after training has started.
+    """
+    metric = args.metric_for_best_model
+    if metric is None:
+        return
+    name = metric[len("eval_") :] if metric.startswith("eval_") else metric
+    known = [*EVAL_METRICS, *MASKED_METRICS]
+    if isinstance(eval_dataset, dict):  # Trainer prefixes each dataset's loss and speed metrics with its name
+        known += [f"{key}_{m}" for key in eval_dataset for m in EVAL_METRICS]
+    if name in known:
+        return
+    hint = ""
+    if name in TRL_METRIC_COUNTERPARTS:
+        hint = (
+            f" TRL's `{name}` is a causal next-token metric; the masked diffusion counterpart is "
+            f"`eval_{TRL_METRIC_COUNTERPARTS[name]}` (over the masked response positions)."
+        )
+    raise ValueError(
+        f"`metric_for_best_model={metric!r}` is not a metric MaskedSFTTrainer logs at evaluation.{hint} Choose one "
+        f"of {[f'eval_{m}' for m in known]}."
+    )
+
+
+def model_max_positions(model, args) -> int | None:
+    """
+    The number of positions `model` (a model or a checkpoint path) can encode, from its config's
+    `max_position_embeddings` (`max_sequence_length` for LLaDA), or `None` when its config gives none.
+    """
+    if isinstance(model, str):
+        from transformers import AutoConfig
+
+        init_kwargs = args.model_init_kwargs or {}
+        try:
+            config = AutoConfig.from_pretrained(
+                model,
+                revision=init_kwargs.get("revision"),
+                trust_remote_code=init_kwargs.get("trust_remote_code", args.trust_remote_code),
+            )
+        except OSError:  # SFTTrainer reports the path when it loads the model
+            return None
+    else:
+        config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 class MaskedSFTTrainer(SFTTrainer):
@@ -185,7 +301,11 @@ class MaskedSFTTrainer(SFTTrainer):
     masked positions only, without building the `(B, L, V)` logits, unshifted through `shift_labels`), which needs a
     model whose `base_model` returns `last_hidden_state` and whose output embedding is a plain linear head (true of
     the native LLaDA / Dream models and the test stand-in; a model with a transform between the two would be scored
-    wrongly). `max_length` (TRL's truncation of prompt + completion, before the EOS padding) still applies.
+    wrongly). `max_length` (TRL's truncation of prompt + completion, before the EOS padding) still applies, lowered
+    to the model's `max_position_embeddings` when it is larger (or `None`); a row that still needs more positions
+    (prompt + EOS-padded response) is refused. A completion that truncation cut gets no trained EOS padding unless
+    `train_eos_after_truncation` (see [`MaskedDiffusionCollator`]); the cut rows are counted in a warning at
+    construction and logged as `num_truncated`.
     """
 
     _tag_names = ["trl", "sft", "trl-diffusion", "masked-diffusion"]
@@ -206,10 +326,17 @@ class MaskedSFTTrainer(SFTTrainer):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = MaskedSFTConfig(f"{str(name).rstrip('/').split('/')[-1] or 'model'}-MaskedSFT")
+        elif isinstance(args, TrainingArguments) and not isinstance(args, SFTConfig):
+            # like SFTTrainer: plain `TrainingArguments` become the trainer's config, field by field
+            values = args.to_dict()
+            values["hub_token"] = args.hub_token  # `to_dict` hides it
+            args = MaskedSFTConfig(**values)
         elif not isinstance(args, MaskedSFTConfig):
             raise TypeError(
                 f"`args` must be a MaskedSFTConfig (got {type(args).__name__}): it carries the masked diffusion "
-                "options and refuses options (packing, padding_free, dft, liger) that cannot work."
+                "options and refuses options (packing, padding_free, dft, liger) that cannot work. Build it with "
+                "the same fields: `MaskedSFTConfig(**your_sft_config.to_dict())`, or replace `SFTConfig(` by "
+                "`MaskedSFTConfig(` (plain `TrainingArguments` are converted, as SFTTrainer does)."
             )
         # Checked before the model is loaded by SFTTrainer.__init__.
         for name in ("compute_loss_func", "compute_metrics", "preprocess_logits_for_metrics"):
@@ -223,6 +350,16 @@ class MaskedSFTTrainer(SFTTrainer):
                 "`router_aux_loss_coef` is not supported by MaskedSFTTrainer (no mixture-of-experts auxiliary loss "
                 "is added to the masked diffusion loss). Set it to None or 0.0."
             )
+        check_peft_adapters(model, kwargs.get("peft_config"), "MaskedSFTTrainer")
+        check_metric_for_best_model(args, eval_dataset)
+        max_positions = model_max_positions(model, args)
+        if max_positions is not None and (args.max_length is None or args.max_length > max_positions):
+            logger.warning(
+                f"`max_length={args.max_length}` is more than the model can position ({max_positions}, its "
+                f"`max_position_embeddings`): prompt + completion are truncated to max_length={max_positions} instead "
+                "(TRL's truncation, `truncation_mode`; rows left without completion are dropped)."
+            )
+            args.max_length = max_positions
         if train_dataset is not None:  # before SFTTrainer reads its first example to pick the dataset type
             train_dataset = split_last_assistant_turn(train_dataset)
         super().__init__(
@@ -246,7 +383,14 @@ class MaskedSFTTrainer(SFTTrainer):
             max_completion_length=args.max_completion_length,
             min_prompt_length=1 if self.spec.logit_shift else 0,
             pad_to_multiple_of=args.pad_to_multiple_of,
+            max_length=args.max_length,
+            truncation_mode=args.truncation_mode,
+            stop_token_ids=tuple(dict.fromkeys([eos, *self.spec.eos_token_ids])),
+            train_eos_after_truncation=args.train_eos_after_truncation,
+            max_positions=max_positions,
         )
+        self._total_truncated = 0
+        self._warn_cut_rows()
         # Trainer counts `labels != -100` over the accumulated micro-batches as `num_items_in_batch`; the collator
         # labels exactly the response tokens. Count every label (no causal shift) and always count.
         self._loss_shifts_labels = False
@@ -256,6 +400,31 @@ class MaskedSFTTrainer(SFTTrainer):
         eval_seed = args.seed if args.eval_mask_seed is None else args.eval_mask_seed
         self._eval_seed = eval_seed + rank
         self._eval_mask_generator = torch.Generator().manual_seed(self._eval_seed)
+
+    def _warn_cut_rows(self) -> None:
+        """Say how many prepared rows TRL's `max_length` truncation cut (map-style datasets, counted once)."""
+        collator = self.data_collator
+        stop_ids = set(collator.stop_token_ids)
+        datasets = {"train": self.train_dataset}
+        if isinstance(self.eval_dataset, dict):
+            datasets.update({f"eval {key}": value for key, value in self.eval_dataset.items()})
+        elif self.eval_dataset is not None:
+            datasets["eval"] = self.eval_dataset
+        for name, dataset in datasets.items():
+            if not isinstance(dataset, Dataset) or "input_ids" not in dataset.column_names:
+                continue
+            cut = sum(
+                cut_at_max_length(ids, collator.max_length, collator.truncation_mode, stop_ids)
+                for batch in dataset.select_columns(["input_ids"]).iter(batch_size=1024)
+                for ids in batch["input_ids"]
+            )
+            if cut:
+                what = "trained as usual" if self.args.train_eos_after_truncation else "neither attended nor trained"
+                logger.warning(
+                    f"{cut} of the {len(dataset)} {name} rows were cut at max_length={collator.max_length}: their "
+                    f"completions end mid-text, so their EOS padding is {what} (`train_eos_after_truncation`). Raise "
+                    "`max_length` or drop the longest examples to train them whole."
+                )
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         dataset = split_last_assistant_turn(dataset)
@@ -297,6 +466,8 @@ class MaskedSFTTrainer(SFTTrainer):
             raise ValueError("MaskedSFTTrainer.compute_loss returns the loss only (`return_outputs=False`).")
         mode = "train" if self.model.training else "eval"
         generator = self._mask_generator if mode == "train" else self._eval_mask_generator
+        inputs = dict(inputs)
+        truncated = inputs.pop("truncated", None)  # (B,) rows whose completion was cut
         input_ids, labels = inputs["input_ids"], inputs["labels"]  # (B, L) each
         response = labels != -100  # (B, L): completion + EOS padding
         ratio = None
@@ -325,10 +496,10 @@ class MaskedSFTTrainer(SFTTrainer):
         # Like Trainer/SFTTrainer: `num_items_in_batch` counts the tokens of every rank and DDP averages gradients.
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-        self._log_masked_metrics(mode, inputs, noised, entropy, is_top1)
+        self._log_masked_metrics(mode, inputs, noised, entropy, is_top1, truncated)
         return loss
 
-    def _log_masked_metrics(self, mode, inputs, noised, entropy, is_top1) -> None:
+    def _log_masked_metrics(self, mode, inputs, noised, entropy, is_top1, truncated=None) -> None:
         gather = self.accelerator.gather_for_metrics
         num_masked = gather(noised.masked.sum()).sum()
         correct = gather(is_top1.sum()).sum()
@@ -340,3 +511,6 @@ class MaskedSFTTrainer(SFTTrainer):
         if mode == "train":
             self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item() // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
+        if mode == "train" and truncated is not None:  # rows with a cut completion trained so far
+            self._total_truncated += int(gather(truncated.sum()).sum().item())
+            metrics["num_truncated"] = [self._total_truncated]
