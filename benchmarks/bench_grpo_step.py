@@ -43,7 +43,7 @@ from trl_diffusion.demo.pipeline import rl_training_args
 from trl_diffusion.demo.task import ANSWER_LENGTH, held_out_prompts, rl_dataset, sorting_reward
 from trl_diffusion.likelihood import derive_mask_seeds, derive_seed, one_step_per_token_logps
 from trl_diffusion.sampling import generate
-from trl_diffusion.testing import build_tokenizer, tiny_llada_model
+from trl_diffusion.toy import build_tokenizer, tiny_llada_model
 
 
 PHASES = ("generation", "scoring", "reward", "loss", "backward", "optimizer")
