@@ -21,7 +21,7 @@ import torch
 
 from trl_diffusion.likelihood import LOGP_ESTIMATORS, forward_passes_per_row
 from trl_diffusion.sampling import DiffusionGenerationConfig, generate
-from trl_diffusion.testing import build_tokenizer, tiny_llada_model
+from trl_diffusion.toy import build_tokenizer, tiny_llada_model
 
 
 # (label, estimator name, options); p_mask_prompt is d1's 0.15 for the estimators that use it

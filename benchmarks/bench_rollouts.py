@@ -24,30 +24,7 @@ of `--repeats`), because the machine is shared:
 Usage:
     PYTHONPATH=. python benchmarks/bench_rollouts.py [--lengths 128 256 512] [--output benchmarks/results/...json]
 
-Measured with `--repeats 2 --demo-checkpoint <seed-0 demo run>/checkpoints/rl` (2 shared CPU cores, torch 2.13 CPU,
-1 thread; speedups over the exact sampler, whose runs make 64 / 128 / 256 forward passes; forward passes and cache
-recordings in brackets; drift: `--drift 0.1`):
-
-| configuration | 128 | 256 | 512 |
-|---|---|---|---|
-| prefix | 0.86x (64/4) | 1.19x (128/8) | 1.18x (256/16) |
-| dual | 0.86x (64/4) | 1.41x (128/8) | 1.80x (256/16) |
-| threshold 0.9 | 5.06x (8) | 7.02x (19) | 7.99x (27) |
-| prefix + threshold | 5.74x (8/4) | 7.99x (19/8) | 8.43x (27/16) |
-| dual + threshold | 6.13x (8/4) | 8.97x (19/8) | 9.84x (27/16) |
-| dual + threshold, refresh/2 | 6.72x (8/6) | 8.29x (19/12) | 9.07x (27/20) |
-| prefix + threshold, drift | 6.35x (8/6) | 7.58x (19/9) | 8.13x (27/17) |
-| dual + threshold, drift | 6.04x (8/6) | 7.80x (19/9) | 9.07x (27/17) |
-
-The cache alone gains little here because the 126k-row head, computed for the block's masked positions in every
-configuration, dominates a tiny backbone (dual computes 5.7x fewer backbone positions at 256). On this model the
-drift test re-records the cache once per block start and at most twice more per run. Held-out exact match of the
-demo's checkpoint (500 prompts, answer as one block of 9, the demo's setting): exact 42.2%, threshold 42.2%, prefix
-or dual cache with or without threshold 5.6%, dual + threshold re-recorded every 2 steps 37.0%, prefix or dual +
-threshold + drift test 42.2%. The stale keys/values of the 9-token prompt, recorded before any answer token is known,
-break this tiny model, which tracks the digits already written through the prompt's states; the drift test sees it
-and re-records at every step there (9 recordings in 9 passes), so on the demo the cache saves nothing but costs no
-accuracy. Fast-dLLM's long prompts and 32-token blocks of a 256-token answer are a gentler case.
+The measured figures (speedups, forward passes, cache recordings, demo accuracy) are in `benchmarks/README.md`.
 """
 
 import argparse
@@ -61,10 +38,10 @@ import time
 
 import torch
 
-from trl_diffusion.demo.evaluation import evaluate
+from trl_diffusion.demo.evaluation import decode_answers, evaluate
 from trl_diffusion.demo.task import ANSWER_LENGTH, MAX_DIGITS, held_out_prompts, score, solve, training_prompts
 from trl_diffusion.sampling import DiffusionGenerationConfig, generate
-from trl_diffusion.testing import build_tokenizer, tiny_llada_model
+from trl_diffusion.toy import build_tokenizer, tiny_llada_model
 
 
 LLADA_VOCAB_SIZE = 126464  # LLaDA-8B's embedding / head rows
@@ -251,7 +228,7 @@ def speed_runs(model, tokenizer, args, gen_length: int) -> list[dict]:
     for name, _ in CONFIGS:
         result = results[name]
         answers = result["output"][:, prompt_length:]  # (B, G)
-        texts = decode(tokenizer, answers)
+        texts = decode_answers(tokenizer, answers)
         rows.append(
             {
                 "gen_length": gen_length,
@@ -275,15 +252,6 @@ def resolve(options: dict, args) -> dict:
     """A configuration's sampler options with the command line's threshold and drift tolerance filled in."""
     values = {"threshold": args.threshold, "cache_refresh_drift": args.drift}
     return {k: values.get(k, v) for k, v in options.items()}
-
-
-def decode(tokenizer, answers: torch.Tensor) -> list[str]:
-    texts = []
-    for row in answers.tolist():
-        if tokenizer.eos_token_id in row:
-            row = row[: row.index(tokenizer.eos_token_id)]
-        texts.append(tokenizer.decode(row, skip_special_tokens=False))
-    return texts
 
 
 def accuracy_runs(model, tokenizer, args) -> list[dict]:

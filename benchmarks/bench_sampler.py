@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from trl_diffusion.sampling import DiffusionGenerationConfig, generate
-from trl_diffusion.testing import build_tokenizer, tiny_llada_model
+from trl_diffusion.toy import build_tokenizer, tiny_llada_model
 
 
 LLADA_VOCAB_SIZE = 126464

@@ -30,7 +30,7 @@ from trl_diffusion.demo.pipeline import resolve_device, train_rl, train_sft
 from trl_diffusion.demo.task import ANSWER_LENGTH, held_out_prompts, rl_dataset, sft_dataset
 from trl_diffusion.objectives import OBJECTIVES, check_objective_name
 from trl_diffusion.sampling import DiffusionGenerationConfig
-from trl_diffusion.testing import build_tokenizer, tiny_llada_model
+from trl_diffusion.toy import build_tokenizer, tiny_llada_model
 
 
 CONTROL = "more masked SFT"

@@ -17,7 +17,7 @@ from trl_diffusion import (
 )
 from trl_diffusion.demo.evaluation import evaluate
 from trl_diffusion.demo.task import ANSWER_LENGTH, held_out_prompts, rl_dataset, sft_dataset, sorting_reward
-from trl_diffusion.testing import build_tokenizer, save_tiny_model
+from trl_diffusion.toy import build_tokenizer, save_tiny_model
 
 
 SEED, OUT = 0, "quickstart_output"
@@ -69,7 +69,7 @@ report("after SFT", sft.model)
 # 3. diffu-GRPO (d1): 8 sampled answers per prompt, scored by the rule-based reward; no labels needed.
 grpo_args = DiffuGRPOConfig(
     output_dir=f"{OUT}/rl", max_steps=250, per_device_train_batch_size=32 * 8, num_generations=8,
-    max_completion_length=ANSWER_LENGTH, block_length=ANSWER_LENGTH, diffusion_steps=ANSWER_LENGTH,
+    max_completion_length=ANSWER_LENGTH, block_length=ANSWER_LENGTH, rollout_steps=ANSWER_LENGTH,
     temperature=0.7, num_iterations=2, p_mask_prompt=0.15, learning_rate=3e-4, warmup_steps=30,
     lr_scheduler_kwargs={"min_lr": 3e-5}, mask_token_id=tokenizer.mask_token_id, **schedule,
 )  # fmt: skip

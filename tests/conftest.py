@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from trl_diffusion.testing import build_tokenizer, save_tiny_model
+from trl_diffusion.toy import build_tokenizer, save_tiny_model
 
 
 # Tests run as `pytest -n 2` on two-core machines: one intra-op thread per worker. Two threads per worker spin-wait
@@ -23,7 +23,7 @@ def standin_model_path(tmp_path_factory, tokenizer):
 @pytest.fixture(scope="session")
 def official_llada_path(tmp_path_factory, tokenizer):
     """A tiny random LLaDA checkpoint in the official layout (GQA: 4 query heads, 2 key/value heads)."""
-    from trl_diffusion.testing import save_official_llada_checkpoint
+    from fake_checkpoints import save_official_llada_checkpoint
 
     return save_official_llada_checkpoint(tmp_path_factory.mktemp("official_llada"), tokenizer=tokenizer)
 
@@ -31,7 +31,7 @@ def official_llada_path(tmp_path_factory, tokenizer):
 @pytest.fixture(scope="session")
 def official_dream_path(tmp_path_factory, tokenizer):
     """A tiny random Dream checkpoint in the official (Qwen2) layout (GQA: 4 query heads, 2 key/value heads)."""
-    from trl_diffusion.testing import save_official_dream_checkpoint
+    from fake_checkpoints import save_official_dream_checkpoint
 
     return save_official_dream_checkpoint(tmp_path_factory.mktemp("official_dream"), tokenizer=tokenizer)
 

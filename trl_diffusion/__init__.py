@@ -15,9 +15,9 @@ __version__ = "0.1.0.dev0"
 
 # public name -> submodule that defines it
 _LAZY_ATTRS = {
-    "DiffusionModelSpec": "trl_diffusion.models.spec",
-    "MODEL_SPECS": "trl_diffusion.models.spec",
-    "get_model_spec": "trl_diffusion.models.spec",
+    "DiffusionModelSpec": "trl_diffusion.spec",
+    "MODEL_SPECS": "trl_diffusion.spec",
+    "get_model_spec": "trl_diffusion.spec",
     "MaskedSFTConfig": "trl_diffusion.trainer.masked_sft_config",
     "MaskedSFTTrainer": "trl_diffusion.trainer.masked_sft_trainer",
     "LLaDAConfig": "trl_diffusion.models.llada_config",
@@ -63,8 +63,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from trl_diffusion.models.dream_config import DreamConfig  # noqa: F401
     from trl_diffusion.models.llada import LLaDAForMaskedDiffusion, LLaDAModel  # noqa: F401
     from trl_diffusion.models.llada_config import LLaDAConfig  # noqa: F401
-    from trl_diffusion.models.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec  # noqa: F401
     from trl_diffusion.sampling import DiffusionGenerationConfig, generate  # noqa: F401
+    from trl_diffusion.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec  # noqa: F401
     from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig  # noqa: F401
     from trl_diffusion.trainer.diffu_grpo_trainer import DiffuGRPOTrainer  # noqa: F401
     from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig  # noqa: F401

@@ -27,6 +27,17 @@ logger = logging.getLogger(__name__)
 
 # Column titles of the results table, in d1's Table 1 order.
 TASK_TITLES = {"gsm8k": "GSM8K", "math500": "MATH500", "countdown": "Countdown", "sudoku": "Sudoku"}
+# Flags that are fields of the sampler's DiffusionGenerationConfig, under the same names.
+_SAMPLER_FLAGS = (
+    "block_length",
+    "steps",
+    "temperature",
+    "remasking",
+    "cfg_scale",
+    "cache",
+    "cache_refresh_drift",
+    "threshold",
+)
 # Column titles of metrics, for tasks reported with more than one metric.
 METRIC_TITLES = {"cell_accuracy_d1": "d1-comparable cells", "cell_accuracy_strict": "strict cells"}
 # d1 evaluates Countdown and Sudoku on 256 instances and GSM8K / MATH500 on the whole test set (eval/eval.py).
@@ -60,16 +71,16 @@ class EvalConfig:
             Classifier-free guidance scale (0 disables it).
         cache (`str`, *optional*, defaults to `"none"`):
             Fast-dLLM's block-wise key/value cache (arXiv 2505.22618): `"none"` (exact sampler), `"prefix"` or
-            `"dual"` (native LLaDA / Dream models). Approximate: see `benchmarks/bench_rollouts.py`.
+            `"dual"` (native LLaDA / Dream models). Approximate: measured in `benchmarks/README.md`.
         cache_refresh_drift (`float`, *optional*):
             With a cache, record it again whenever the cached columns the block reads have drifted by more than
-            this (first layer, relative; `0.1` kept the demo's accuracy). `None`: only at each block's start.
+            this (first layer, relative; measured in `benchmarks/README.md`). `None`: only at each block's start.
         threshold (`float`, *optional*):
             Confidence-aware parallel decoding: also unmask every masked position of the block whose confidence
             exceeds this (Fast-dLLM: 0.9). `None`: the exact schedule.
-        generation_kwargs (`dict` or `str`, *optional*):
+        diffusion_generation_kwargs (`dict` or `str`, *optional*):
             Further fields of `trl_diffusion.sampling.DiffusionGenerationConfig` (e.g. speed options), as a dict or a
-            JSON string.
+            JSON string (the trainer config's option of the same name).
         prefill (`str`, *optional*, defaults to `"<reasoning>"`):
             Text appended after the chat template's generation prompt and prepended to the completion before scoring
             (d1 pre-fills `<reasoning>` for every model). Empty string to disable.
@@ -124,7 +135,7 @@ class EvalConfig:
     threshold: float | None = field(
         default=None, metadata={"help": "Confidence threshold of parallel decoding (Fast-dLLM: 0.9); default exact."}
     )
-    generation_kwargs: dict | str | None = field(
+    diffusion_generation_kwargs: dict | str | None = field(
         default=None,
         metadata={"help": "Further DiffusionGenerationConfig fields as a JSON dict (e.g. speed options)."},
     )
@@ -161,37 +172,19 @@ class EvalConfig:
                 "one label per model or none."
             )
         self.tasks = [get_task(name).name for name in self.tasks]  # validates and canonicalises names
-        if not self.gen_lengths or any(length < 1 for length in self.gen_lengths):
-            raise ValueError(f"--gen_lengths must be positive token counts, got {self.gen_lengths}.")
-        if self.block_length < 1:
-            raise ValueError(f"--block_length must be positive, got {self.block_length}.")
+        if not self.gen_lengths:
+            raise ValueError("Give at least one generation length with --gen_lengths.")
+        if isinstance(self.diffusion_generation_kwargs, str):
+            try:
+                self.diffusion_generation_kwargs = json.loads(self.diffusion_generation_kwargs)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"--diffusion_generation_kwargs must be a JSON object: {error}") from error
         for length in self.gen_lengths:
-            if length % min(self.block_length, length):
-                raise ValueError(
-                    f"Generation length {length} is not a multiple of --block_length {self.block_length}; choose "
-                    "lengths that are multiples of the block length."
-                )
-        if self.steps is not None:
-            for length in self.gen_lengths:
-                num_blocks = length // min(self.block_length, length)
-                if self.steps < 1 or self.steps % num_blocks:
-                    raise ValueError(
-                        f"--steps {self.steps} must be a positive multiple of the number of blocks ({num_blocks} for "
-                        f"gen_length {length}); leave it unset for d1's gen_length // 2."
-                    )
-        if self.remasking not in ("low_confidence", "random"):
-            raise ValueError(f"--remasking must be 'low_confidence' or 'random', got {self.remasking!r}.")
-        if self.temperature < 0 or self.cfg_scale < 0:
-            raise ValueError("--temperature and --cfg_scale must be >= 0.")
+            self.generation_config(length)  # the sampler's validation, one config per length
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be positive, got {self.batch_size}.")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be positive, got {self.limit}.")
-        if isinstance(self.generation_kwargs, str):
-            try:
-                self.generation_kwargs = json.loads(self.generation_kwargs)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"--generation_kwargs must be a JSON object: {error}") from error
         self.data_files_by_task()  # validate early
 
     def data_files_by_task(self) -> dict[str, str]:
@@ -207,23 +200,19 @@ class EvalConfig:
         return mapping
 
     def generation_config(self, gen_length: int):
-        """The sampler configuration for one generation length."""
+        """The sampler configuration for one generation length (d1's `gen_length // 2` steps unless `--steps`)."""
         from trl_diffusion.sampling import DiffusionGenerationConfig
+        from trl_diffusion.sampling.config import named_as
 
-        return DiffusionGenerationConfig(
-            gen_length=gen_length,
-            block_length=min(self.block_length, gen_length),
-            steps=self.steps if self.steps is not None else max(1, gen_length // 2),
-            temperature=self.temperature,
-            remasking=self.remasking,
-            cfg_scale=self.cfg_scale,
-            **{
-                "cache": self.cache,
-                "cache_refresh_drift": self.cache_refresh_drift,
-                "threshold": self.threshold,
-                **(self.generation_kwargs or {}),
-            },
-        )
+        names = {name: f"--{name}" for name in _SAMPLER_FLAGS}
+        with named_as({**names, "gen_length": "the --gen_lengths entry"}):
+            return DiffusionGenerationConfig.d1(
+                gen_length,
+                block_length=min(self.block_length, gen_length),  # capped: one block for shorter answers
+                steps=self.steps,
+                **{name: getattr(self, name) for name in _SAMPLER_FLAGS if name not in ("block_length", "steps")},
+                **(self.diffusion_generation_kwargs or {}),
+            )
 
 
 def load_model_and_tokenizer(model_name_or_path: str, dtype: str = "auto", device=None):
@@ -266,13 +255,6 @@ def _batch_seed(seed: int, batch_index: int) -> int:
     return (seed * 1_000_003 + batch_index * 7_919 + 12_345) % (2**63 - 1)
 
 
-def _truncate_at_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
-    for position, token in enumerate(ids):
-        if token in eos_ids:
-            return ids[:position]
-    return ids
-
-
 @torch.no_grad()
 def evaluate_task(
     model,
@@ -292,14 +274,12 @@ def evaluate_task(
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    from trl_diffusion.models.spec import get_model_spec
+    from trl_diffusion.end_of_answer import cut_at_end_of_answer, end_of_answer_ids, strip_end_of_answer
     from trl_diffusion.sampling import generate
+    from trl_diffusion.spec import get_model_spec
 
     generation_config = config.generation_config(gen_length)
-    spec = get_model_spec(model, tokenizer)
-    eos_ids = {i for i in (spec.eos_token_ids or ()) if i is not None}
-    if tokenizer.eos_token_id is not None:
-        eos_ids.add(tokenizer.eos_token_id)
+    eos_ids = end_of_answer_ids(get_model_spec(model, tokenizer), tokenizer, model)
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
 
     texts = [
@@ -337,9 +317,9 @@ def evaluate_task(
                 config=generation_config,
                 generator=generator,
             )  # (B, P + gen_length)
-            answers = output[:, encoded["input_ids"].shape[1] :].tolist()  # (B, gen_length)
+            completions = cut_at_end_of_answer(output[:, encoded["input_ids"].shape[1] :], eos_ids)
             for row, i in enumerate(indices):
-                text = tokenizer.decode(_truncate_at_eos(answers[row], eos_ids), skip_special_tokens=True)
+                text = tokenizer.decode(strip_end_of_answer(completions[row], eos_ids), skip_special_tokens=True)
                 records.append({"index": i, "prompt": texts[i], "completion": config.prefill + text})
 
     if accelerator is not None and accelerator.num_processes > 1:

@@ -24,7 +24,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from trl_diffusion.models.bidirectional import position_ids_from_mask
+from trl_diffusion.positions import position_ids_from_mask
 
 
 _MASK64 = (1 << 64) - 1

@@ -35,7 +35,7 @@ import torch
 from filelock import FileLock
 from safetensors.torch import load_file
 
-from trl_diffusion.testing import save_tiny_model
+from trl_diffusion.toy import save_tiny_model
 
 
 ROOT = Path(__file__).resolve().parents[2]

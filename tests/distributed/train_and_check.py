@@ -162,7 +162,7 @@ def build_trainer(args, world_size):
         num_generations=4,
         max_completion_length=4,
         block_length=4,
-        diffusion_steps=4,
+        rollout_steps=4,
         temperature=1.0,
         # Prompt masks of the log-prob estimate are seeded per rank too; with p = 0 the estimate is deterministic.
         p_mask_prompt=0.0,

@@ -22,9 +22,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="No progress bars or summary table.")
     parser.add_argument(
-        "--fast-rollouts",
-        action="store_true",
-        help="RL rollouts with Fast-dLLM's confidence-threshold parallel decoding (0.9); evaluation stays exact.",
+        "--rollout-threshold",
+        "--rollout_threshold",
+        type=float,
+        default=None,
+        help="Confidence threshold of Fast-dLLM's parallel decoding in the RL rollouts (e.g. 0.9); evaluation stays "
+        "exact (default: off).",
+    )
+    parser.add_argument(
+        "--rollout-cache",
+        "--rollout_cache",
+        default="none",
+        help="Block-wise KV cache of the RL rollouts: none, prefix or dual (default: %(default)s).",
     )
     parser.add_argument(
         "--objective",
@@ -56,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "device": args.device,
         "show_progress": not args.no_progress,
-        "fast_rollouts": args.fast_rollouts,
+        "rollout_threshold": args.rollout_threshold,
+        "rollout_cache": args.rollout_cache,
         "objective": args.objective,
     }
     try:

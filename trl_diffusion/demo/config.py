@@ -76,12 +76,15 @@ class DemoConfig:
         objective (`str`, *optional*, defaults to `"d1"`):
             RL objective of the second stage, `DiffuGRPOConfig.objective`: `"d1"`, `"coupled_grpo"`, `"spg"`,
             `"wd1"` or `"espo"`, with its preset estimator and the demo's other settings (no KL: `beta` 0).
-        fast_rollouts (`bool`, *optional*, defaults to `False`):
-            Generate the RL rollouts with Fast-dLLM's confidence-aware parallel decoding, threshold 0.9
-            (`DiffuGRPOConfig.rollout_threshold`); held-out evaluation stays exact. The approximate key/value cache
-            is left off: with the demo's answer decoded as one block right after a 9-token prompt, the stale prompt
-            keys/values cost the trained demo model 38 points of held-out accuracy (9.8 when re-recorded every 2
-            steps), while the threshold alone lost none (`benchmarks/bench_rollouts.py --demo-checkpoint ...`).
+        rollout_threshold (`float`, *optional*):
+            Confidence threshold of Fast-dLLM's parallel decoding for the RL rollouts (the option of the same name of
+            [`~trl_diffusion.DiffuGRPOConfig`]; Fast-dLLM uses 0.9); held-out evaluation stays exact. `None`
+            (default): the exact sampler.
+        rollout_cache (`str`, *optional*, defaults to `"none"`):
+            Fast-dLLM's approximate block-wise key/value cache for the RL rollouts (`"none"`, `"prefix"` or `"dual"`,
+            as in [`~trl_diffusion.DiffuGRPOConfig`]). Left off by default: with the demo's answer decoded as one
+            block right after a 9-token prompt, the stale prompt keys and values cost accuracy while the threshold
+            alone costs none (measured in `benchmarks/README.md`).
     """
 
     output_dir: str = field(default="demo_output", metadata={"help": "Output directory."})
@@ -113,8 +116,11 @@ class DemoConfig:
     logging_steps: int = field(default=5, metadata={"help": "Trainer logging period in steps."})
     show_progress: bool = field(default=True, metadata={"help": "Progress bars and summary table."})
     objective: str = field(default="d1", metadata={"help": "RL objective (DiffuGRPOConfig.objective)."})
-    fast_rollouts: bool = field(
-        default=False, metadata={"help": "Confidence-threshold (0.9) parallel decoding in RL rollouts."}
+    rollout_threshold: float | None = field(
+        default=None, metadata={"help": "Confidence threshold of parallel decoding in RL rollouts (Fast-dLLM: 0.9)."}
+    )
+    rollout_cache: str = field(
+        default="none", metadata={"help": "Block-wise KV cache of the RL rollouts: none (exact), prefix or dual."}
     )
 
     def __post_init__(self):
@@ -149,10 +155,27 @@ class DemoConfig:
             raise ValueError(f"`eval_every` must be non-negative (0 disables it), got {self.eval_every}.")
         if self.temperature <= 0:
             raise ValueError(f"`temperature` must be positive for RL rollouts, got {self.temperature}.")
+        self.rollout_generation_config()  # the sampler's validation of the rollout options
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"`scale_rewards` must be 'group', 'batch' or 'none', got {self.scale_rewards!r}.")
         if not 0.0 <= self.p_mask_prompt < 1.0:
             raise ValueError(f"`p_mask_prompt` must be in [0, 1), got {self.p_mask_prompt}.")
+
+    def rollout_generation_config(self):
+        """The RL rollouts' sampler settings: the whole answer as one block, one token per step (at most)."""
+        from trl_diffusion.demo.task import ANSWER_LENGTH
+        from trl_diffusion.sampling import DiffusionGenerationConfig
+        from trl_diffusion.sampling.config import named_as
+
+        with named_as({"threshold": "`rollout_threshold`", "cache": "`rollout_cache`"}):
+            return DiffusionGenerationConfig.d1(
+                ANSWER_LENGTH,
+                block_length=ANSWER_LENGTH,
+                steps=ANSWER_LENGTH,
+                temperature=self.temperature,
+                threshold=self.rollout_threshold,
+                cache=self.rollout_cache,
+            )
 
     @classmethod
     def quick(cls, **overrides) -> "DemoConfig":

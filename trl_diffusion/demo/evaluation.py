@@ -1,25 +1,27 @@
 """Held-out evaluation of the demo task with the package's diffusion sampler.
 
 Greedy decoding (temperature 0, low-confidence remasking) of a fixed-length answer; the answer is cut at its first
-EOS and decoded *with* special tokens kept, so a stray pad or role token makes an answer wrong instead of vanishing.
+end-of-answer id (the package's one rule, `trl_diffusion.end_of_answer`) and decoded *with* special tokens kept, so
+a stray pad or role token makes an answer wrong instead of vanishing.
 Scores come from the same rule as the RL reward ([`~trl_diffusion.demo.task.score`]).
 """
 
 import torch
 
 from trl_diffusion.demo.task import score, sorting_reward
+from trl_diffusion.end_of_answer import cut_at_end_of_answer, end_of_answer_ids, strip_end_of_answer
 from trl_diffusion.sampling import DiffusionGenerationConfig, generate
+from trl_diffusion.spec import DiffusionModelSpec, get_model_spec
 
 
-def decode_answers(tokenizer, answer_ids: torch.Tensor) -> list[str]:
-    """Decode generated answers (B, L): each row up to (excluding) its first EOS, special tokens kept."""
-    eos_id = tokenizer.eos_token_id
-    texts = []
-    for row in answer_ids.tolist():
-        if eos_id in row:
-            row = row[: row.index(eos_id)]
-        texts.append(tokenizer.decode(row, skip_special_tokens=False))
-    return texts
+def decode_answers(tokenizer, answer_ids: torch.Tensor, eos_ids=None) -> list[str]:
+    """
+    Decode generated answers (B, L): each row up to (excluding) its first end-of-answer id, special tokens kept.
+    `eos_ids` defaults to the tokenizer's EOS ([`~trl_diffusion.end_of_answer.end_of_answer_ids`] without a model).
+    """
+    eos_ids = eos_ids if eos_ids is not None else end_of_answer_ids(DiffusionModelSpec(), tokenizer)
+    completions = cut_at_end_of_answer(answer_ids, eos_ids)
+    return [tokenizer.decode(strip_end_of_answer(row, eos_ids), skip_special_tokens=False) for row in completions]
 
 
 @torch.no_grad()
@@ -42,6 +44,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    eos_ids = end_of_answer_ids(get_model_spec(model, tokenizer), tokenizer, model)
     exact_total, reward_total, examples = 0, 0.0, []
     try:
         for start in range(0, len(prompts), batch_size):
@@ -51,7 +54,7 @@ def evaluate(
             input_ids = encoded["input_ids"].to(device)  # (B, P)
             attention_mask = encoded["attention_mask"].to(device)  # (B, P)
             output = generate(model, input_ids, attention_mask=attention_mask, config=generation_config)
-            answers = decode_answers(tokenizer, output[:, input_ids.shape[1] :].cpu())  # (B, L) -> B strings
+            answers = decode_answers(tokenizer, output[:, input_ids.shape[1] :].cpu(), eos_ids)  # (B, L) -> B strings
             reward_total += sum(sorting_reward(batch, answers))
             for prompt, answer in zip(batch, answers, strict=True):
                 exact = score(prompt, answer)[1]

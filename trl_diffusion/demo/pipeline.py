@@ -1,7 +1,7 @@
 """The demo pipeline: untrained eval -> masked SFT -> eval -> diffu-GRPO -> eval, with curves and a report.
 
 Everything is offline: the character tokenizer and a tiny LLaDA-architecture model come from
-[`trl_diffusion.testing`], the digit-sorting task from [`trl_diffusion.demo.task`]. Training uses the package's
+[`trl_diffusion.toy`], the digit-sorting task from [`trl_diffusion.demo.task`]. Training uses the package's
 [`MaskedSFTTrainer`] and [`DiffuGRPOTrainer`]; evaluation uses the package's sampler.
 """
 
@@ -9,7 +9,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 from transformers import AutoModelForCausalLM, ProgressCallback, TrainerCallback
@@ -26,8 +26,7 @@ from trl_diffusion.demo.task import (
     sorting_reward,
 )
 from trl_diffusion.objectives import check_objective_name
-from trl_diffusion.sampling import DiffusionGenerationConfig
-from trl_diffusion.testing import build_tokenizer, tiny_llada_model
+from trl_diffusion.toy import build_tokenizer, tiny_llada_model
 
 
 STAGES = ("untrained", "sft", "rl")
@@ -155,14 +154,15 @@ def train_rl(config, model, tokenizer, dataset, output_dir, device, evaluate_fn)
     """Stage 2: diffu-GRPO (d1, arXiv 2504.12216) with [`DiffuGRPOTrainer`] and the rule-based reward."""
     from trl_diffusion import DiffuGRPOConfig, DiffuGRPOTrainer
 
+    rollouts = config.rollout_generation_config()
     args = DiffuGRPOConfig(
         output_dir=output_dir,
         per_device_train_batch_size=config.rl_prompts_per_step * config.num_generations,
         num_generations=config.num_generations,
-        max_completion_length=ANSWER_LENGTH,
-        block_length=ANSWER_LENGTH,
-        diffusion_steps=ANSWER_LENGTH,
-        temperature=config.temperature,
+        max_completion_length=rollouts.gen_length,
+        block_length=rollouts.block_length,
+        rollout_steps=rollouts.steps,
+        temperature=rollouts.temperature,
         num_iterations=config.num_iterations,
         epsilon=config.epsilon,
         beta=config.beta,
@@ -170,9 +170,8 @@ def train_rl(config, model, tokenizer, dataset, output_dir, device, evaluate_fn)
         scale_rewards=config.scale_rewards,
         p_mask_prompt=config.p_mask_prompt,
         mask_token_id=tokenizer.mask_token_id,
-        # confidence-aware parallel decoding only: on this task the approximate KV cache costs accuracy (see
-        # DemoConfig.fast_rollouts and benchmarks/bench_rollouts.py)
-        rollout_threshold=0.9 if config.fast_rollouts else None,
+        rollout_threshold=rollouts.threshold,
+        rollout_cache=rollouts.cache,
         **_common_args(
             config,
             device,
@@ -253,11 +252,11 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     num_parameters = sum(p.numel() for p in model.parameters())
 
     # Greedy, one token per step over the whole answer (one block): LLaDA's low-confidence remasking.
-    generation_config = DiffusionGenerationConfig(
-        gen_length=ANSWER_LENGTH,
-        block_length=ANSWER_LENGTH,
-        steps=ANSWER_LENGTH,
+    generation_config = replace(
+        config.rollout_generation_config(),
         temperature=0.0,
+        threshold=None,
+        cache="none",
         mask_token_id=tokenizer.mask_token_id,
     )
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from trl_diffusion.models.dream_config import DreamConfig
 from trl_diffusion.models.llada_config import LLaDAConfig
 from trl_diffusion.models.registration import register_configs
-from trl_diffusion.models.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec, require_mask_token_id
+from trl_diffusion.spec import MODEL_SPECS, DiffusionModelSpec, get_model_spec, require_mask_token_id
 
 
 register_configs(LLaDAConfig, DreamConfig)

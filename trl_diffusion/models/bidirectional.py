@@ -15,6 +15,8 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from trl_diffusion.positions import position_ids_from_mask
+
 
 class RMSNorm(nn.Module):
     """
@@ -74,19 +76,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x32 = x.to(torch.float32)
     cos, sin = cos[:, None], sin[:, None]  # (B, 1, L, head_dim): broadcast over heads
     return (x32 * cos + _rotate_half(x32) * sin).to(x.dtype)
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor | None, batch_size: int, length: int, device) -> torch.Tensor:
-    """
-    Position ids that count real tokens only: `cumsum(mask) - 1` (clamped at 0 on left padding), so that padding
-    does not shift the positions of real tokens. Without a mask: `0 .. length - 1`.
-
-    Returns:
-        (B, L) long tensor.
-    """
-    if attention_mask is None or attention_mask.dim() != 2:
-        return torch.arange(length, device=device).unsqueeze(0).expand(batch_size, -1)
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def bidirectional_attention_mask(config, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None):
@@ -175,9 +164,10 @@ class BidirectionalAttentionMixin:
         """
         Attention of every query over every unmasked key. Returns (B, L, H * d) and the weights (eager only).
 
-        With a `kv_cache` keyword (a [`~trl_diffusion.cache.BlockKVCache`], Fast-dLLM's block-wise cache) the keys and
-        values of this pass are handed to the cache, which records them or merges them into the cached sequence;
-        the queries of this pass then attend over the keys and values it returns. Without one nothing changes.
+        With a `kv_cache` keyword (a [`~trl_diffusion.sampling.cache.BlockKVCache`], Fast-dLLM's block-wise cache)
+        the keys and values of this pass are handed to the cache, which records them or merges them into the cached
+        sequence; the queries of this pass then attend over the keys and values it returns. Without one nothing
+        changes.
         """
         kv_cache = kwargs.pop("kv_cache", None)
         if kv_cache is not None:

@@ -2,14 +2,17 @@
 
 Autoregressive decoding (transformers' `GenerationMixin.generate`) does not apply to a masked diffusion model; the
 native classes answer `generate` with [`trl_diffusion.sampling.generate`] instead (LLaDA's semi-autoregressive
-block sampler with low-confidence remasking), and give the sampler `diffusion_logits`, their forward's logits
-written into a buffer reused across denoising steps.
+block sampler with low-confidence remasking), and implement the sampler's model protocols
+([`~trl_diffusion.sampling.BufferedLogitsModel`]: `diffusion_logits`, their forward's logits written into a buffer
+reused across denoising steps; [`~trl_diffusion.sampling.FirstLayerProjections`]: `first_layer_qkv`, for the cache's
+drift test). The models import the sampler; the sampler finds these methods by duck typing.
 """
 
 import torch
 from transformers.modeling_utils import slice_logits_to_keep
 
 from trl_diffusion.models.bidirectional import rotary_cos_sin
+from trl_diffusion.sampling import DiffusionGenerationConfig, generate
 
 
 class DiffusionGenerateMixin:
@@ -43,8 +46,6 @@ class DiffusionGenerateMixin:
         Returns:
             `torch.LongTensor` (B, P + gen_length): the prompts followed by the generated answers.
         """
-        from trl_diffusion.sampling import DiffusionGenerationConfig, generate
-
         if generation_config is not None and not isinstance(generation_config, DiffusionGenerationConfig):
             raise TypeError(
                 f"{type(self).__name__}.generate runs the masked-diffusion sampler and takes a "
@@ -74,6 +75,7 @@ class DiffusionGenerateMixin:
         position_ids: torch.LongTensor | None = None,
         positions: torch.LongTensor | None = None,
         out: torch.Tensor | None = None,
+        **kwargs,
     ) -> torch.Tensor:
         """
         The logits `self(...)` returns for `logits_to_keep=positions`, optionally written into a reusable buffer.
@@ -90,12 +92,15 @@ class DiffusionGenerateMixin:
             position_ids (`torch.LongTensor`, *optional*): `(B, L)`.
             positions (`torch.LongTensor`, *optional*): `(B, n)` positions whose logits are wanted; `None`: all.
             out (`torch.Tensor`, *optional*): reusable buffer; the result is a view of it.
+            **kwargs: passed to the backbone, e.g. the sampler's `kv_cache`
+                ([`~trl_diffusion.sampling.BlockKVCache`]); `input_ids` and `position_ids` are then those of the
+                cached span.
 
         Returns:
             `torch.Tensor` `(B, n, V)` logits.
         """
         hidden = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
         ).last_hidden_state  # (B, L, H)
         if positions is not None:
             hidden = slice_logits_to_keep(hidden, positions)  # (B, n, H)
@@ -121,7 +126,7 @@ class DiffusionGenerateMixin:
         """
         The first layer's rotated queries `(B, H, L, d)`, keys and values `(B, H_kv, L, d)` for `input_ids` `(B, L)`
         at `position_ids` `(B, L)`. They depend on each token and its position only, so the sampler's cache drift
-        test ([`~trl_diffusion.fast_sampling.FirstLayerDrift`]) gets them for a few changed columns without a forward
+        test ([`~trl_diffusion.sampling.FirstLayerDrift`]) gets them for a few changed columns without a forward
         pass.
         """
         hidden = self.model.embed_tokens(input_ids)  # (B, L, D)

@@ -1,8 +1,11 @@
 """Configuration of [`DiffuGRPOTrainer`]: TRL's `GRPOConfig` plus the masked-diffusion sampler and estimator."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from trl import GRPOConfig
+
+from trl_diffusion.sampling import DiffusionGenerationConfig
+from trl_diffusion.sampling.config import named_as
 
 
 # GRPOConfig options that cannot apply to a masked diffusion model, with what to use instead.
@@ -14,6 +17,21 @@ UNSUPPORTED_OPTIONS = {
     "use_transformers_paged": "paged attention is an autoregressive decoding scheme; set it to False.",
     "use_liger_kernel": "Liger kernels patch causal-LM heads and losses; set `use_liger_kernel=False`.",
 }
+# Sampler fields set by trainer-config fields (which `diffusion_generation_kwargs` may not override), and how the
+# trainer config names them: the same name, or the `rollout_` prefix for the rollout-speed options.
+SAMPLER_FIELDS = {
+    "gen_length": "max_completion_length",
+    "block_length": "block_length",
+    "steps": "rollout_steps",
+    "temperature": "temperature",
+    "remasking": "remasking",
+    "cfg_scale": "cfg_scale",
+    "mask_token_id": "mask_token_id",
+    "cache": "rollout_cache",
+    "threshold": "rollout_threshold",
+}
+# Every sampler field that `diffusion_generation_kwargs` may not set, and where its value comes from instead.
+RESERVED_FIELDS = {**SAMPLER_FIELDS, "seed": "seed", "logit_shift": "model spec (`trl_diffusion.MODEL_SPECS`)"}
 # Autoregressive sampling knobs with no meaning for the diffusion sampler, and their neutral values.
 NEUTRAL_SAMPLING_OPTIONS = {
     "top_p": 1.0,
@@ -38,7 +56,7 @@ def check_supported_options(args) -> None:
             raise ValueError(
                 f"`{name}={value!r}` is an autoregressive sampling option that the masked diffusion sampler does not "
                 f"apply; leave it at {neutral!r}. The diffusion sampler is tuned with `temperature`, `remasking`, "
-                "`cfg_scale`, `block_length`, `diffusion_steps` and `diffusion_generation_kwargs`."
+                "`cfg_scale`, `block_length`, `rollout_steps` and `diffusion_generation_kwargs`."
             )
 
 
@@ -136,9 +154,9 @@ class DiffuGRPOConfig(GRPOConfig):
         block_length (`int`, *optional*):
             Length of the semi-autoregressive blocks the answer is generated in. Defaults to 32 (LLaDA, d1), or to
             `max_completion_length` when that is shorter (a single block).
-        diffusion_steps (`int`, *optional*):
-            Number of denoising steps over the whole answer, split evenly across blocks. Defaults to
-            `max_completion_length // 2` (d1: 128 steps for 256 tokens).
+        rollout_steps (`int`, *optional*):
+            Number of denoising steps over the whole answer (the sampler's `steps`), split evenly across blocks.
+            Defaults to `max_completion_length // 2` (d1: 128 steps for 256 tokens).
         remasking (`str`, *optional*, defaults to `"low_confidence"`):
             Which masked positions to unmask at each step: `"low_confidence"` (most confident first, LLaDA) or
             `"random"`.
@@ -152,12 +170,9 @@ class DiffuGRPOConfig(GRPOConfig):
             Fast-dLLM's approximate block-wise key/value cache for rollouts (arXiv 2505.22618): `"none"` (exact),
             `"prefix"` or `"dual"`; needs the native LLaDA / Dream classes. Off by default, so that rollouts follow
             the exact sampler (d1's semantics): the cache and `rollout_threshold` change which tokens are sampled.
-            Measured by `benchmarks/bench_rollouts.py`: at generation length 256 the threshold gave ~6-8x and cache +
-            threshold ~7-9x fewer seconds than the exact sampler, but on the trained demo model (answer decoded as one
-            block after a short prompt) the cache cost 37 points of held-out accuracy and the threshold none. With
-            `diffusion_generation_kwargs={"cache_refresh_drift": 0.1}` the cache is re-recorded whenever the columns
-            it serves have drifted, which kept the demo's accuracy exactly (and ~8x at length 256); check the cache
-            on your task before training with it, or keep that test on.
+            The measured speed-ups and accuracies (with and without `cache_refresh_drift` in
+            `diffusion_generation_kwargs`, which re-records the cache when the columns it serves drift) are in
+            `benchmarks/README.md`; check the cache on your task before training with it.
         rollout_threshold (`float`, *optional*):
             Confidence-aware parallel decoding for rollouts (Fast-dLLM: 0.9): each step also unmasks every masked
             position of the block whose confidence exceeds it, and a block stops once it has no mask left, agreed
@@ -267,7 +282,7 @@ class DiffuGRPOConfig(GRPOConfig):
             "max_completion_length when that is shorter."
         },
     )
-    diffusion_steps: int | None = field(
+    rollout_steps: int | None = field(
         default=None,
         metadata={"help": "Denoising steps over the whole answer; defaults to max_completion_length // 2 (d1)."},
     )
@@ -364,45 +379,10 @@ class DiffuGRPOConfig(GRPOConfig):
         super().__post_init__()
         from trl_diffusion.likelihood import LOGP_ESTIMATORS
 
-        if self.max_completion_length is None or self.max_completion_length <= 0:
-            raise ValueError(
-                "`max_completion_length` must be a positive integer: a masked diffusion model generates a fixed "
-                f"number of tokens (d1 uses 256). Got {self.max_completion_length!r}."
-            )
-        chosen = ""
-        if self.block_length is None:
-            self.block_length = min(32, self.max_completion_length)
-            chosen = ", the default chosen because `block_length` was not set (LLaDA / d1 decode in blocks of 32)"
-        if self.block_length <= 0 or self.max_completion_length % self.block_length != 0:
-            divisors = [d for d in (4, 8, 16, 32, 64) if self.max_completion_length % d == 0]
-            raise ValueError(
-                f"`max_completion_length` ({self.max_completion_length}) must be a positive multiple of "
-                f"`block_length` ({self.block_length}{chosen}). Set `block_length` to a divisor of "
-                f"{self.max_completion_length} (e.g. {divisors[-1] if divisors else self.max_completion_length}, or "
-                f"{self.max_completion_length} for a single block), or `max_completion_length` to a multiple of "
-                f"{self.block_length}."
-            )
-        if self.diffusion_steps is None:
-            self.diffusion_steps = max(1, self.max_completion_length // 2)
-        num_blocks = self.max_completion_length // self.block_length
-        if self.diffusion_steps <= 0 or self.diffusion_steps % num_blocks != 0:
-            raise ValueError(
-                f"`diffusion_steps` ({self.diffusion_steps}) must be a positive multiple of the number of blocks "
-                f"({num_blocks} = max_completion_length / block_length), since every block gets the same number of "
-                "steps."
-            )
-        if self.remasking not in ("low_confidence", "random"):
-            raise ValueError(f"`remasking` must be 'low_confidence' or 'random', got {self.remasking!r}.")
-        if self.rollout_cache not in ("none", "prefix", "dual"):
-            raise ValueError(f"`rollout_cache` must be 'none', 'prefix' or 'dual', got {self.rollout_cache!r}.")
-        if self.rollout_threshold is not None and not 0.0 < self.rollout_threshold < 1.0:
-            raise ValueError(f"`rollout_threshold` must be in (0, 1) (Fast-dLLM: 0.9), got {self.rollout_threshold}.")
-        if self.cfg_scale < 0:
-            raise ValueError(f"`cfg_scale` must be >= 0 (0 disables guidance), got {self.cfg_scale}.")
+        sampler = self.generation_config()  # validates the sampler's fields, with d1's length defaults
+        self.block_length, self.rollout_steps = sampler.block_length, sampler.steps
         if not 0.0 <= self.p_mask_prompt < 1.0:
             raise ValueError(f"`p_mask_prompt` must be in [0, 1) (d1 uses 0.15), got {self.p_mask_prompt}.")
-        if self.temperature < 0:
-            raise ValueError(f"`temperature` must be >= 0 (0 samples greedily), got {self.temperature}.")
         if self.scoring_temperature <= 0:
             raise ValueError(f"`scoring_temperature` must be > 0 (d1 uses 1.0), got {self.scoring_temperature}.")
         if self.likelihood_estimator not in LOGP_ESTIMATORS:
@@ -417,3 +397,30 @@ class DiffuGRPOConfig(GRPOConfig):
                     f"`{name}` must be a positive integer (the number of masked draws per row, default 2), got "
                     f"{value!r}."
                 )
+
+    def generation_config(self, **model_fields) -> DiffusionGenerationConfig:
+        """
+        The rollout sampler's config: the fields of [`SAMPLER_FIELDS`] (d1's length defaults through
+        [`~trl_diffusion.sampling.DiffusionGenerationConfig.d1`]), then
+        `model_fields` (`eos_token_id`, `pad_token_id`, `logit_shift` and the resolved `mask_token_id`, which the
+        trainer reads from the model and tokenizer), then `diffusion_generation_kwargs`. Errors name the fields of
+        this config.
+        """
+        extra = dict(self.diffusion_generation_kwargs or {})
+        known = {f.name for f in fields(DiffusionGenerationConfig)}
+        unknown = sorted(set(extra) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown `diffusion_generation_kwargs` {unknown}; DiffusionGenerationConfig fields are "
+                f"{sorted(known)}."
+            )
+        derived = sorted(set(extra) & set(RESERVED_FIELDS))
+        if derived:
+            raise ValueError(
+                f"`diffusion_generation_kwargs` may not set {derived}: they come from the config fields "
+                f"{[RESERVED_FIELDS[name] for name in derived]}; set those instead."
+            )
+        values = {name: getattr(self, option) for name, option in SAMPLER_FIELDS.items()}
+        gen_length, block_length, steps = (values.pop(name) for name in ("gen_length", "block_length", "steps"))
+        with named_as({name: f"`{option}`" for name, option in SAMPLER_FIELDS.items()}):
+            return DiffusionGenerationConfig.d1(gen_length, block_length, steps, **{**values, **model_fields, **extra})

@@ -3,7 +3,6 @@
 import contextlib
 import functools
 import textwrap
-from dataclasses import fields
 
 import torch
 from transformers import AutoTokenizer, ProcessorMixin
@@ -12,6 +11,7 @@ from trl.extras.profiling import profiling_context
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import get_config_model_id, pad
 
+from trl_diffusion.end_of_answer import cut_at_end_of_answer, end_of_answer_ids
 from trl_diffusion.likelihood import (
     ESTIMATOR_OPTIONS,
     LOGP_ESTIMATORS,
@@ -19,7 +19,6 @@ from trl_diffusion.likelihood import (
     derive_seed,
     spg_block_draws,
 )
-from trl_diffusion.models.spec import get_model_spec, require_mask_token_id
 from trl_diffusion.objectives import (
     OBJECTIVES,
     leave_one_out_advantages,
@@ -30,6 +29,7 @@ from trl_diffusion.objectives import (
     wd1_weights,
 )
 from trl_diffusion.sampling import DiffusionGenerationConfig, generate
+from trl_diffusion.spec import get_model_spec, require_mask_token_id
 from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig, check_supported_options
 from trl_diffusion.trainer.peft_support import check_peft_adapters
 
@@ -38,20 +38,6 @@ from trl_diffusion.trainer.peft_support import check_peft_adapters
 # the last bit, on its position in a micro-batch (CPU kernels block tokens): old-policy log-probs computed at
 # generation time then equal the current ones exactly at the first inner iteration, after TRL's shuffle and split.
 _SCORING_LENGTH_MULTIPLE = 16
-# Sampler fields derived from trainer-config fields, which `diffusion_generation_kwargs` may not override.
-_DEDICATED_FIELDS = {
-    "gen_length": "max_completion_length",
-    "block_length": "block_length",
-    "steps": "diffusion_steps",
-    "temperature": "temperature",
-    "remasking": "remasking",
-    "cfg_scale": "cfg_scale",
-    "mask_token_id": "mask_token_id",
-    "logit_shift": "model spec (`trl_diffusion.MODEL_SPECS`)",
-    "seed": "seed",
-    "cache": "rollout_cache",
-    "threshold": "rollout_threshold",
-}
 # Tags that keep the seed streams of rollouts, training masks and evaluation apart.
 _ROLLOUT_STREAM, _TRAIN_STREAM, _EVAL_STREAM = 1, 2, 3
 
@@ -198,6 +184,9 @@ class DiffuGRPOTrainer(GRPOTrainer):
             )
         self.diffusion_spec = get_model_spec(self.model, self._tokenizer, mask_token_id=args.mask_token_id)
         self.mask_token_id = require_mask_token_id(self.diffusion_spec)
+        # one end-of-answer rule for the cut below and TRL's own EOS logic (completion mask, truncation)
+        self.end_of_answer_ids = end_of_answer_ids(self.diffusion_spec, self._tokenizer, self.model)
+        self.eos_token_ids = list(self.end_of_answer_ids)
         # the estimator with its own options bound from the config fields of the same names
         options = {name: getattr(args, name) for name in ESTIMATOR_OPTIONS[args.likelihood_estimator]}
         self.logp_estimator = functools.partial(LOGP_ESTIMATORS[args.likelihood_estimator], **options)
@@ -206,36 +195,14 @@ class DiffuGRPOTrainer(GRPOTrainer):
         self.diffusion_generation_config = self._build_generation_config(args)
 
     def _build_generation_config(self, args: DiffuGRPOConfig) -> DiffusionGenerationConfig:
-        """The sampler's config, from the trainer config (`diffusion_generation_kwargs` applied last)."""
-        extra = dict(args.diffusion_generation_kwargs or {})
-        known = {f.name for f in fields(DiffusionGenerationConfig)}
-        unknown = sorted(set(extra) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown `diffusion_generation_kwargs` {unknown}; DiffusionGenerationConfig fields are "
-                f"{sorted(known)}."
-            )
-        derived = sorted(set(extra) & set(_DEDICATED_FIELDS))
-        if derived:
-            raise ValueError(
-                f"`diffusion_generation_kwargs` may not set {derived}: they come from the config fields "
-                f"{[_DEDICATED_FIELDS[name] for name in derived]}; set those instead."
-            )
-        values = {
-            "gen_length": args.max_completion_length,
-            "block_length": args.block_length,
-            "steps": args.diffusion_steps,
-            "temperature": args.temperature,
-            "remasking": args.remasking,
-            "cfg_scale": args.cfg_scale,
-            "mask_token_id": self.mask_token_id,
-            "eos_token_id": list(dict.fromkeys([*self.eos_token_ids, *self.diffusion_spec.eos_token_ids])),
-            "pad_token_id": self._tokenizer.pad_token_id,
-            "logit_shift": self.diffusion_spec.logit_shift,
-            "cache": args.rollout_cache,
-            "threshold": args.rollout_threshold,
-        }
-        return DiffusionGenerationConfig(**{**values, **extra})
+        """The sampler's config: the trainer config's ([`DiffuGRPOConfig.generation_config`]) with the ids and the
+        logit shift of this model and tokenizer."""
+        return args.generation_config(
+            mask_token_id=self.mask_token_id,
+            eos_token_id=list(self.end_of_answer_ids),
+            pad_token_id=self._tokenizer.pad_token_id,
+            logit_shift=self.diffusion_spec.logit_shift,
+        )
 
     def rollout(
         self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, generator: torch.Generator
@@ -295,12 +262,11 @@ class DiffuGRPOTrainer(GRPOTrainer):
             self._dist.summon_full_params(self.model_wrapped, recurse=False),
         ):
             sequences = self.rollout(unwrapped_model, padded, prompt_mask, generator)  # (B, P + L)
-        completion_ids = sequences[:, padded.size(1) :]  # (B, L)
-        # Keep everything up to and including the first EOS, as GRPOTrainer does for autoregressive generation.
-        eos_ids = torch.tensor(self.diffusion_generation_config.eos_token_id, device=completion_ids.device)
-        is_eos = torch.isin(completion_ids, eos_ids)  # (B, L)
-        lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, completion_ids.size(1))  # (B,)
-        return [row[:n].tolist() for row, n in zip(completion_ids.cpu(), lengths.tolist(), strict=True)], None
+        # up to and including the first EOS, as GRPOTrainer keeps it for autoregressive generation
+        completions = cut_at_end_of_answer(
+            sequences[:, padded.size(1) :], self.diffusion_generation_config.eos_token_id
+        )
+        return completions, None
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, **kwargs):
         # Evaluation batches are numbered from 0 in every evaluation: the rollouts and masks of an evaluation are a

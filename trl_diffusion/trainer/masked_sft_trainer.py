@@ -11,8 +11,9 @@ from transformers.utils import logging
 from trl import SFTConfig, SFTTrainer
 from trl.data_utils import get_dataset_column_names, is_conversational_from_value, maybe_convert_to_chatml
 
+from trl_diffusion.end_of_answer import end_of_answer_ids
 from trl_diffusion.masking import mask_response_tokens, sample_mask_ratios
-from trl_diffusion.models.spec import get_model_spec, require_mask_token_id
+from trl_diffusion.spec import get_model_spec, require_mask_token_id
 from trl_diffusion.trainer.masked_sft_config import MaskedSFTConfig
 from trl_diffusion.trainer.peft_support import check_peft_adapters
 
@@ -372,12 +373,12 @@ class MaskedSFTTrainer(SFTTrainer):
 
         self.spec = get_model_spec(self.model, self._tokenizer, mask_token_id=args.mask_token_id)
         self.mask_token_id = require_mask_token_id(self.spec)
-        eos = self.spec.eos_token_ids[0] if self.spec.eos_token_ids else self._tokenizer.eos_token_id
-        if eos is None:
+        eos = end_of_answer_ids(self.spec, self._tokenizer, self.model)  # the first pads responses
+        if not eos:
             raise ValueError("No EOS token id is known to pad responses with: set `eos_token` in the config.")
         self.data_collator = MaskedDiffusionCollator(
             base=self.data_collator,
-            eos_token_id=eos,
+            eos_token_id=eos[0],
             pad_token_id=self._tokenizer.pad_token_id,
             max_completion_length=args.max_completion_length,
             min_prompt_length=1 if self.spec.logit_shift else 0,
