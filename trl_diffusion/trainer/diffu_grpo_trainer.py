@@ -152,7 +152,7 @@ class DiffuGRPOTrainer(GRPOTrainer):
                 "Vision-language processors (`processing_class` is a ProcessorMixin) are not supported: the "
                 "diffusion sampler and estimator are text-only. Pass the text tokenizer instead."
             )
-        check_peft_adapters(model, peft_config, "DiffuGRPOTrainer")
+        check_peft_adapters(model, peft_config, "DiffuGRPOTrainer", allow_prefix_tuning=False)
         check_prompt_column(train_dataset, "train_dataset")
         check_prompt_column(eval_dataset, "eval_dataset")
         if processing_class is None:  # a tokenizer, never a multimodal processor
