@@ -709,7 +709,7 @@ TRAJECTORY_SHRINK = 8
 
 
 def trajectory_groups(num_steps: int, shrink: int) -> int:
-    """Number of groups of `shrink` consecutive sampler steps covering `num_steps` steps: `ceil(num_steps / shrink)`."""
+    """The number of groups of `shrink` consecutive sampler steps covering `num_steps`: `ceil(num_steps / shrink)`."""
     _check_positive("rollout_steps", num_steps)
     _check_positive("trajectory_shrink", shrink)
     return -(-num_steps // shrink)

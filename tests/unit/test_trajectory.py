@@ -240,7 +240,7 @@ def test_decode_order_follows_the_cached_sampler(tokenizer, cache):
             model,
             prompt_ids,
             attention_mask=prompt_mask,
-            callback=lambda s: steps.append((s.block * 2 + s.step, s.x.clone())),
+            callback=lambda s, steps=steps: steps.append((s.block * 2 + s.step, s.x.clone())),
             return_decode_order=True,
             **options,
             **extra,
