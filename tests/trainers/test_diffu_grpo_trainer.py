@@ -262,7 +262,7 @@ def test_every_estimator_trains_every_parameter_with_old_equal_current(
     if estimator == "trajectory":
         order = generation["decode_order"]
         assert order.shape == generation["completion_ids"].shape and order.dtype == torch.long
-        assert 0 <= int(order.min()) and int(order.max()) < config.rollout_steps
+        assert int(order.min()) >= 0 and int(order.max()) < config.rollout_steps
     for loss, scoring in zip(losses, scorings, strict=True):
         k = (loss["step"] // spg) % mu
         assert torch.equal(scoring["seeds"], loss["mask_seeds"][:, k % columns])

@@ -236,11 +236,14 @@ class DiffuGRPOConfig(GRPOConfig):
               (the generation-time scores) instead of a reference model: `beta` weighs
               `exp(old - new) - (old - new) - 1` per token and no reference model is loaded or scored. With
               `num_iterations=1` (and generation aligned with optimizer steps) the old policy is the current one and
-              the term is zero in value and gradient. Preset `loss_type="bnpo"`: the reference averages the surrogate
-              over each (row, step group) and those over its micro-batch, about a token mean over the micro-batch;
-              it sums its KL over a group's tokens, i.e. weighs it `group size` times more per token than here.
-              Paper (LLaDA): `beta=0.01`, `epsilon=0.2`, `trajectory_shrink=8`, `learning_rate=1e-6`,
-              `temperature=0.8`, `num_generations=8`.
+              the term is zero in value and gradient. TRL's `use_bias_correction_kl` (default on) multiplies it by
+              the ratio; TraceRL's plain k3 is `use_bias_correction_kl=False` (the recipes set it). Preset
+              `loss_type="bnpo"`: the reference averages the surrogate over each (row, step group) and those over
+              its micro-batch, about a token mean over the micro-batch; it sums its KL over a group's tokens, i.e.
+              weighs it `group size` times more per token than here. Paper (LLaDA): `beta=0.01`, `epsilon=0.2`,
+              `trajectory_shrink=8`, `learning_rate=1e-6`, `temperature=0.8`, `num_generations=8`, one pass over
+              each rollout batch (`num_iterations=1` with `steps_per_generation` a multiple of
+              `gradient_accumulation_steps`).
         spg_eubo_beta (`float`, *optional*, defaults to `1.5`):
             `"spg"` only: exponent `b` of SPG's upper bound (SPG: 1.5, 1.0 on Sudoku; its EUBO-only runs use 2.0
             on Countdown).

@@ -75,9 +75,10 @@ class DiffuGRPOTrainer(GRPOTrainer):
       `trl_diffusion.likelihood.LOGP_ESTIMATORS`, chosen by `likelihood_estimator`), with its masks drawn from a
       seed carried by each row.
     - Each generation batch carries `mask_seeds` of shape (B, num_iterations) (one column without
-      `random_masking`, and with the deterministic `trajectory` estimator). Old-policy and reference log-probs are computed at generation time for every column,
-      shape (B, mu, C), and the loss (`_compute_loss`) of inner iteration `k = (_step // steps_per_generation) %
-      num_iterations` uses column `k` for all three of them (d1, section 3.2).
+      `random_masking`, and with the deterministic `trajectory` estimator). Old-policy and reference log-probs are
+      computed at generation time for every column, shape (B, mu, C), and the loss (`_compute_loss`) of inner
+      iteration `k = (_step // steps_per_generation) % num_iterations` uses column `k` for all three of them (d1,
+      section 3.2).
 
     - The loss (`_compute_loss`) follows `objective` (see [`DiffuGRPOConfig`]): d1 and coupled-GRPO are TRL's loss
       unchanged; ESPO is TRL's sequence-level loss with a leave-one-out baseline and its k2 ELBO penalty in place
