@@ -208,6 +208,9 @@ def test_decode_order_replays_every_state_the_sampler_saw(native, threshold):
     sequences, order = output
     plain = generate(model, prompt_ids, attention_mask=prompt_mask, **options)
     assert torch.equal(plain, sequences)  # recording changes nothing
+    # the native models' `generate` passes the option through
+    native_output = model.generate(prompt_ids, attention_mask=prompt_mask, return_decode_order=True, **options)
+    assert torch.equal(native_output.sequences, sequences) and torch.equal(native_output.decode_order, order)
     assert order.shape == (3, 12) and order.dtype == torch.long
     assert order.min() >= 0 and order.max() < 9
     # blocks are decoded in order: every step of block b lies in [3 b, 3 b + 3)

@@ -260,7 +260,8 @@ class DiffuGRPOConfig(GRPOConfig):
 
         likelihood_estimator (`str`, *optional*):
             Name of the per-token log-probability estimator in `trl_diffusion.likelihood.LOGP_ESTIMATORS`, by
-            default the objective's (`"one_step"` for d1 and wd1, `"coupled"`, `"spg_block"`, `"mc_elbo"` for ESPO):
+            default the objective's (`"one_step"` for d1 and wd1, `"coupled"`, `"spg_block"`, `"mc_elbo"` for ESPO,
+            `"trajectory"` for TraceRL):
             `"one_step"` is d1's (fully masked completion, randomly masked prompt; 1 forward pass per row),
             `"coupled"` DiffuCoder's coupled masks (3 passes, 2 without `coupled_full_mask_term`), `"mc_elbo"` the
             Monte-Carlo ELBO of LLaDA / ESPO (`num_mc` passes, twice that with `mc_complement`), `"spg_block"`
