@@ -6,7 +6,8 @@ tokenizer; the completion is the model's own greedy answer from `trl_diffusion.g
 standard deviation over the seeds of the sequence estimate (the sum of the per-token values over the completion, in
 nats: what a sequence-level ratio uses), and the time per row (the whole batch timed, best of `--repeats`, divided
 by the number of rows). `one_step` is d1's estimate of the summed log-probs, which is not an ELBO: its mean is on a
-different footing and its spread comes from the prompt mask alone.
+different footing and its spread comes from the prompt mask alone. `trajectory` (TraceRL) scores the completion along
+the decode order the sampler recorded while generating it; it draws nothing, so its spread is 0 by construction.
 
 Usage: `PYTHONPATH=. python benchmarks/bench_estimators.py [--seeds 200] [--repeats 3] [--threads 1] [--output PATH]`.
 """
@@ -34,6 +35,8 @@ CASES = [
     ("mc_elbo, 1 draw + complement", "mc_elbo", {"num_mc": 1, "mc_complement": True}),
     ("mc_elbo (default: 2 draws + complement)", "mc_elbo", {"num_mc": 2, "mc_complement": True}),
     ("spg_block (default: 2 draws)", "spg_block", {"spg_num_draws": 2}),
+    ("trajectory (default: 8 steps per pass)", "trajectory", {"trajectory_shrink": 8}),
+    ("trajectory, 1 step per pass", "trajectory", {"trajectory_shrink": 1}),
 ]
 
 
@@ -66,9 +69,10 @@ def main():
         pad_token_id=tokenizer.pad_token_id,
     )
     with torch.no_grad():
-        completion = generate(model, prompt, attention_mask=torch.ones_like(prompt), config=config)[
-            :, -args.gen_length :
-        ]
+        sequences, decode_order = generate(
+            model, prompt, attention_mask=torch.ones_like(prompt), config=config, return_decode_order=True
+        )
+        completion = sequences[:, -args.gen_length :]
 
     rows = args.seeds
     prompt_ids = prompt.expand(rows, -1)
@@ -78,8 +82,12 @@ def main():
     for label, name, options in CASES:
         if name == "spg_block":
             options = {**options, "block_length": args.block_length}
+        extra = {}
+        if name == "trajectory":
+            options = {**options, "rollout_steps": config.steps}
+            extra = {"decode_order": decode_order.expand(rows, -1)}
         estimator = LOGP_ESTIMATORS[name]
-        kwargs = {"mask_token_id": mask_id, "p_mask_prompt": 0.15, "logit_shift": False, **options}
+        kwargs = {"mask_token_id": mask_id, "p_mask_prompt": 0.15, "logit_shift": False, **options, **extra}
         best = float("inf")
         with torch.no_grad():
             for _ in range(args.repeats):

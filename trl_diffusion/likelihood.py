@@ -11,7 +11,8 @@ generator seeded with it over the row's real (non-padding) prompt tokens only. A
 on the other rows of its micro-batch, on their order, on the padding width, or on any global RNG.
 
 Estimators share one signature (see [`PerTokenLogpEstimator`]) and are registered in [`LOGP_ESTIMATORS`], chosen by
-name: d1's `one_step`, DiffuCoder's `coupled`, the Monte-Carlo ELBO `mc_elbo` (LLaDA, ESPO) and SPG's `spg_block`.
+name: d1's `one_step`, DiffuCoder's `coupled`, the Monte-Carlo ELBO `mc_elbo` (LLaDA, ESPO), SPG's `spg_block` and
+TraceRL's `trajectory` (deterministic given the sampler's decode order, which the trainer carries with each row).
 The multi-pass estimators draw all their masks for a row from a generator seeded with that row's seed, run one model
 call per pass over the whole batch and reduce it to per-token values `(B, C)` at once: without gradients at most one
 pass's logits exist at a time, never `(B, passes, C, V)`; with gradients autograd keeps each pass's graph until the
@@ -129,9 +130,11 @@ def _forward_logps(
     temperature: float,
     compute_entropy: bool,
     pad_to_multiple_of: int,
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     # One model call on `prompt_ids` (B, P) (already masked) followed by `slot_ids` (B, S); log-probs of
-    # `completion_ids` (B, C), C <= S, at the first C slots.
+    # `completion_ids` (B, C), C <= S, at the first C slots, or only at the completion columns `positions` (B, n)
+    # (then (B, n) outputs: the log-softmax runs on those rows of logits only).
     batch_size, prompt_length = prompt_ids.shape
     num_slots, completion_length = slot_ids.size(1), completion_ids.size(1)
     device = prompt_ids.device
@@ -145,7 +148,11 @@ def _forward_logps(
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
 
     start = extra + prompt_length - (1 if logit_shift else 0)
-    logits = logits[:, start : start + completion_length].float() / temperature  # (B, C, V)
+    logits = logits[:, start : start + completion_length]  # (B, C, V)
+    if positions is not None:
+        logits = torch.take_along_dim(logits, positions.unsqueeze(-1), dim=1)  # (B, n, V)
+        completion_ids = completion_ids.gather(1, positions)  # (B, n)
+    logits = logits.float() / temperature
     log_probs = F.log_softmax(logits, dim=-1)  # (B, C, V)
     per_token_logps = log_probs.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)  # (B, C)
     # -inf log-probs (logits fixed to -inf) have probability 0 and contribute 0, not NaN
@@ -697,12 +704,141 @@ def spg_block_per_token_logps(
     return _combine(logps, entropies, weights)
 
 
+# TraceRL's step merging for LLaDA (Gen-Verse/dLLM-RL `configs/rl_llada.yaml`, `training.shrink`).
+TRAJECTORY_SHRINK = 8
+
+
+def trajectory_groups(num_steps: int, shrink: int) -> int:
+    """The number of groups of `shrink` consecutive sampler steps covering `num_steps`: `ceil(num_steps / shrink)`."""
+    _check_positive("rollout_steps", num_steps)
+    _check_positive("trajectory_shrink", shrink)
+    return -(-num_steps // shrink)
+
+
+def trajectory_per_token_logps(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    mask_seeds: torch.Tensor | None = None,
+    *,
+    mask_token_id: int,
+    p_mask_prompt: float,
+    logit_shift: bool,
+    num_masked_slots: int | None = None,
+    temperature: float = 1.0,
+    compute_entropy: bool = False,
+    pad_to_multiple_of: int = 1,
+    completion_mask: torch.Tensor | None = None,
+    decode_order: torch.Tensor | None = None,
+    trajectory_shrink: int = TRAJECTORY_SHRINK,
+    rollout_steps: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """
+    Trajectory-aware per-token log-probabilities of TraceRL (Wang et al., arXiv 2509.06949; Gen-Verse/dLLM-RL
+    `train/rl_llada.py`, `prepare_inputs_and_labels_for_text` with `method="TraceRL"` and `collapse_k_unique`; the
+    decode steps there come from `sample/llada_rl_rollout.py`, `denoise_step_map`, which diffs saved states): each
+    token is scored in the state in which the sampler unmasked it, up to the merging of steps.
+
+    `decode_order` (B, C) holds the sampler step that unmasked each completion token
+    ([`~trl_diffusion.sampling.generate`] with `return_decode_order=True`: `block * steps_per_block + step`, in
+    `[0, rollout_steps)`). Steps are merged into `G = ceil(rollout_steps / trajectory_shrink)` groups of
+    `trajectory_shrink` consecutive steps; group `g` holds the tokens with `g s <= decode_order < (g + 1) s`. Pass
+    `g` (one model call over the batch) has as input the clean prompt followed by the completion with every token of
+    group `g` and later masked, i.e. the tokens decoded before group `g` kept (the sampler's state at step `g s`),
+    and scores the tokens of group `g` there. A token's value is `log softmax(logits / temperature)[x_n]` of its
+    group's pass (read at `n - 1` with `logit_shift`, Dream); its entropy is that pass's. The sum over the
+    completion is thus a log-likelihood of the sampled trajectory, not an ELBO.
+
+    Deterministic given the decode order: no randomness, `mask_seeds` is accepted for the shared signature and
+    ignored (so one score serves every inner iteration), and so is `p_mask_prompt` (the reference never masks
+    the prompt). Padding (`completion_mask` 0: after the end of the answer, or a whole completion TRL masks) is
+    `[MASK]` in every pass and gets 0, whatever its recorded step, as in the other estimators; so are the slots
+    after `C`. Every real token must have a step in `[0, rollout_steps)` (the sampler unmasks every position):
+    anything else is refused. Only the scored rows of logits go through the log-softmax, `(B, n_g, V)` per pass.
+
+    Differences from the reference, on purpose: it merges each row's distinct decode steps (so with parallel
+    decoding a group can straddle blocks and the number of passes depends on the data) and trains on one
+    `(row, group)` input per micro-batch row; here groups are fixed windows of the global step index, so that
+    groups never straddle blocks when `trajectory_shrink` divides the steps per block, and every call runs exactly
+    `G` passes whatever the data (ZeRO-3 ranks stay in lockstep; a pass scoring nothing in a row still runs).
+    Forward passes per row: `ceil(rollout_steps / trajectory_shrink)`.
+
+    Args and returns are those of [`one_step_per_token_logps`], plus:
+        completion_mask (`torch.Tensor` of shape `(B, C)`, *optional*):
+            1 for real completion tokens, right-padded; defaults to all real.
+        decode_order (`torch.LongTensor` of shape `(B, C)`):
+            The sampler step at which each completion token was unmasked (required).
+        trajectory_shrink (`int`, *optional*, defaults to `8`):
+            Consecutive sampler steps merged into one pass (TraceRL's `shrink`: 8 for LLaDA).
+        rollout_steps (`int`, *optional*, defaults to `128`):
+            Total number of sampler steps of the rollouts (d1: 128 for 256 tokens).
+    """
+    num_groups = trajectory_groups(rollout_steps, trajectory_shrink)
+    batch_size, completion_length = completion_ids.shape
+    num_slots = max(completion_length, num_masked_slots or 0)
+    lengths = completion_lengths(completion_mask, batch_size, completion_length)
+    if decode_order is None:
+        raise ValueError(
+            "The trajectory estimator needs `decode_order`, the step at which the sampler unmasked each completion "
+            "token: `trl_diffusion.sampling.generate(..., return_decode_order=True)` records it."
+        )
+    if decode_order.shape != (batch_size, completion_length) or decode_order.is_floating_point():
+        raise ValueError(
+            f"decode_order must be an integer tensor of shape ({batch_size}, {completion_length}), got "
+            f"{tuple(decode_order.shape)} {decode_order.dtype}."
+        )
+    order = decode_order.cpu()
+    real = torch.arange(completion_length)[None, :] < torch.tensor(lengths, dtype=torch.long)[:, None]  # (B, C)
+    outside = real & ((order < 0) | (order >= rollout_steps))
+    if bool(outside.any()):
+        row, column = outside.nonzero()[0].tolist()
+        raise ValueError(
+            f"decode_order[{row}, {column}] = {int(order[row, column])} is not a step of a {rollout_steps}-step "
+            "rollout: every real completion token needs the step in [0, rollout_steps) at which it was unmasked "
+            "(check that `rollout_steps` is the sampler's `steps`)."
+        )
+    group = torch.where(real, order.div(trajectory_shrink, rounding_mode="floor"), num_groups)  # (B, C); pad: G
+    device = prompt_ids.device
+    tail = torch.full((batch_size, num_slots - completion_length), mask_token_id, dtype=completion_ids.dtype)
+    slots = torch.cat([completion_ids, tail.to(device)], dim=1)  # (B, S)
+    group_slots = torch.cat([group, torch.full((batch_size, num_slots - completion_length), num_groups)], dim=1)
+    values = completion_ids.new_zeros((batch_size, completion_length + 1), dtype=torch.float32)  # last: a sink
+    entropies = values.clone() if compute_entropy else None
+    for index in range(num_groups):
+        scored = group == index  # (B, C)
+        width = max(1, int(scored.sum(dim=1).max()))
+        # the scored columns of each row first, in order; rows with fewer point their extra entries at the sink
+        columns = torch.sort((~scored).to(torch.int8), dim=1, stable=True).indices[:, :width]  # (B, n)
+        valid = torch.arange(width)[None, :] < scored.sum(dim=1, keepdim=True)  # (B, n)
+        sink = torch.where(valid, columns, completion_length).to(device)
+        pass_logps, pass_entropies = _forward_logps(
+            model,
+            prompt_ids,
+            prompt_mask,
+            slots.masked_fill((group_slots >= index).to(device), mask_token_id),
+            completion_ids,
+            mask_token_id=mask_token_id,
+            logit_shift=logit_shift,
+            temperature=temperature,
+            compute_entropy=compute_entropy,
+            pad_to_multiple_of=pad_to_multiple_of,
+            positions=columns.to(device),
+        )
+        valid = valid.to(device)
+        values = values.scatter_add(1, sink, torch.where(valid, pass_logps, 0.0))  # -inf * 0 would be NaN
+        if compute_entropy:
+            entropies = entropies.scatter_add(1, sink, torch.where(valid, pass_entropies, 0.0))
+    return values[:, :completion_length], entropies[:, :completion_length] if compute_entropy else None
+
+
 # name -> estimator; `DiffuGRPOConfig.likelihood_estimator` picks one by name.
 LOGP_ESTIMATORS: dict[str, PerTokenLogpEstimator] = {
     "one_step": one_step_per_token_logps,
     "coupled": coupled_per_token_logps,
     "mc_elbo": mc_elbo_per_token_logps,
     "spg_block": spg_block_per_token_logps,
+    "trajectory": trajectory_per_token_logps,
 }
 # name -> the estimator's own keyword options, which are also the names of the `DiffuGRPOConfig` fields bound to them.
 ESTIMATOR_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -710,12 +846,19 @@ ESTIMATOR_OPTIONS: dict[str, tuple[str, ...]] = {
     "coupled": ("coupled_full_mask_term",),
     "mc_elbo": ("num_mc", "mc_complement"),
     "spg_block": ("spg_num_draws", "block_length"),
+    "trajectory": ("trajectory_shrink", "rollout_steps"),
 }
+# Estimators that score along the sampler's decode order (a `decode_order` argument, recorded at rollout time)
+# and draw nothing from the mask seeds: one score serves every inner iteration.
+DECODE_ORDER_ESTIMATORS = frozenset({"trajectory"})
 _FORWARD_PASSES = {
     "one_step": lambda: 1,
     "coupled": lambda coupled_full_mask_term=True: 3 if coupled_full_mask_term else 2,
     "mc_elbo": lambda num_mc=2, mc_complement=True: num_mc * (2 if mc_complement else 1),
     "spg_block": lambda spg_num_draws=2, block_length=32: spg_num_draws,
+    "trajectory": lambda trajectory_shrink=TRAJECTORY_SHRINK, rollout_steps=128: trajectory_groups(
+        rollout_steps, trajectory_shrink
+    ),
 }
 
 
@@ -723,7 +866,8 @@ def forward_passes_per_row(name: str, **options) -> int:
     """
     Number of model calls the estimator `name` of [`LOGP_ESTIMATORS`] makes per row (each call covers all rows), for
     the given options of [`ESTIMATOR_OPTIONS`] (defaults where omitted): `one_step` 1, `coupled` 3 (2 without the
-    fully masked term), `mc_elbo` `num_mc` (x2 with `mc_complement`), `spg_block` `spg_num_draws`.
+    fully masked term), `mc_elbo` `num_mc` (x2 with `mc_complement`), `spg_block` `spg_num_draws`, `trajectory`
+    `ceil(rollout_steps / trajectory_shrink)`.
     """
     if name not in _FORWARD_PASSES:
         raise ValueError(f"Unknown estimator {name!r}; choose one of {sorted(_FORWARD_PASSES)}.")

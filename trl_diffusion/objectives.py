@@ -1,7 +1,8 @@
 """RL objectives for masked diffusion models beyond d1's PPO-clip, as small pure functions.
 
-[`DiffuGRPOTrainer`] selects an objective with `DiffuGRPOConfig.objective`. d1 and coupled-GRPO are TRL's per-token
-PPO-clip on a diffusion estimator and ESPO TRL's sequence-level PPO-clip, so they reuse `GRPOTrainer._compute_loss`;
+[`DiffuGRPOTrainer`] selects an objective with `DiffuGRPOConfig.objective`. d1, coupled-GRPO and TraceRL are TRL's
+per-token PPO-clip on a diffusion estimator (TraceRL with TRL's k3 term taken against the old policy) and ESPO TRL's
+sequence-level PPO-clip, so they reuse `GRPOTrainer._compute_loss`;
 what TRL lacks lives here: SPG's sandwiched bounds and loss, wd1's ratio-free weighted likelihood, ESPO's
 leave-one-out baseline and its k2 penalty on the ELBO difference. Every function works row by row on tensors the
 trainer has already scored, so it is tested against plain per-row loops.
@@ -19,6 +20,7 @@ OBJECTIVES: dict[str, tuple[tuple[str, ...] | None, bool]] = {
     "spg": (("spg_block",), False),
     "wd1": (None, False),
     "espo": (("mc_elbo", "spg_block"), True),
+    "trace_rl": (("trajectory",), True),
 }
 # name -> the estimator a preset selects when `likelihood_estimator` is left unset.
 DEFAULT_ESTIMATORS = {
@@ -27,6 +29,7 @@ DEFAULT_ESTIMATORS = {
     "spg": "spg_block",
     "wd1": "one_step",
     "espo": "mc_elbo",
+    "trace_rl": "trajectory",
 }
 
 

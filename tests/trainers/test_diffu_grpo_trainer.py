@@ -229,6 +229,7 @@ def test_fixed_mask_without_random_masking(tmp_path, standin_model_path):
         ("coupled", {}, 3),
         ("mc_elbo", {"num_mc": 1, "mc_complement": True}, 2),
         ("spg_block", {"spg_num_draws": 2}, 2),
+        ("trajectory", {"trajectory_shrink": 3}, 2),  # ceil(rollout_steps 4 / 3)
     ],
 )
 def test_every_estimator_trains_every_parameter_with_old_equal_current(
@@ -253,14 +254,28 @@ def test_every_estimator_trains_every_parameter_with_old_equal_current(
     assert_all_changed(trainer, before)
     losses, scorings = trainer.trace["loss"], trainer.trace["scoring"]
     assert len(losses) == len(scorings) == 6
+    # the trajectory estimator draws no masks: one score per row serves every inner iteration
+    columns = 1 if estimator == "trajectory" else mu
+    (generation,) = trainer.trace["generation"]
+    assert generation["mask_seeds"].shape == (4, columns)
+    assert generation["old_per_token_logps"].shape[:2] == (4, columns)
+    if estimator == "trajectory":
+        order = generation["decode_order"]
+        assert order.shape == generation["completion_ids"].shape and order.dtype == torch.long
+        assert int(order.min()) >= 0 and int(order.max()) < config.rollout_steps
     for loss, scoring in zip(losses, scorings, strict=True):
         k = (loss["step"] // spg) % mu
-        assert torch.equal(scoring["seeds"], loss["mask_seeds"][:, k])
+        assert torch.equal(scoring["seeds"], loss["mask_seeds"][:, k % columns])
+        if estimator == "trajectory":  # the decode steps travelled with their rows through TRL's shuffle
+            seeds = generation["mask_seeds"][:, 0].tolist()  # unique per row: they identify the rows
+            rows = [seeds.index(seed) for seed in loss["mask_seeds"][:, 0].tolist()]
+            assert torch.equal(loss["completion_ids"], generation["completion_ids"][rows])
+            assert torch.equal(loss["decode_order"], generation["decode_order"][rows])
         if k == 0:  # same masks, same weights: old == current exactly
             assert torch.equal(scoring["logps"], loss["old_per_token_logps"][:, 0])
     assert first_logged(trainer, "kl") == 0.0
     # the estimator's passes per row times the passes of the one-step estimate (see the test above)
-    assert trainer.passes["no_grad"] == trainer.passes["ref"] == mu * spg * passes
+    assert trainer.passes["no_grad"] == trainer.passes["ref"] == columns * spg * passes
     assert trainer.passes["grad"] == 6 * passes
 
 

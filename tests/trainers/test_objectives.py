@@ -10,7 +10,12 @@ import torch
 from datasets import Dataset
 
 from trl_diffusion import DiffuGRPOConfig, DiffuGRPOTrainer
-from trl_diffusion.likelihood import BlockMaskedDraws, mc_elbo_per_token_logps, spg_block_draws
+from trl_diffusion.likelihood import (
+    BlockMaskedDraws,
+    mc_elbo_per_token_logps,
+    spg_block_draws,
+    trajectory_per_token_logps,
+)
 from trl_diffusion.objectives import (
     DEFAULT_ESTIMATORS,
     OBJECTIVES,
@@ -205,8 +210,8 @@ class CountingTrainer(DiffuGRPOTrainer):
 @pytest.mark.parametrize("objective", sorted(OBJECTIVES))
 def test_every_objective_trains_every_parameter(tmp_path, standin_model_path, objective):
     mu, spg, ga = 2, 2, 2
-    beta = {"coupled_grpo": 0.01, "espo": 1e-3}.get(objective, 0.0)
-    options = {"num_mc": 1} if objective == "espo" else {}
+    beta = {"coupled_grpo": 0.01, "espo": 1e-3, "trace_rl": 0.01}.get(objective, 0.0)
+    options = {"espo": {"num_mc": 1}, "trace_rl": {"trajectory_shrink": 3}}.get(objective, {})
     config = make_config(
         tmp_path,
         objective=objective,
@@ -247,6 +252,10 @@ def test_every_objective_trains_every_parameter(tmp_path, standin_model_path, ob
     if beta:
         kls = [entry["kl"] for entry in trainer.state.log_history if "kl" in entry]
         assert kls and np.isfinite(kls).all()
+    if objective == "trace_rl":  # the KL is against the old policy: no reference model, one deterministic score
+        assert trainer.ref_model is None and trainer.beta == 0.0 and trainer.args.beta == beta
+        assert generation["decode_order"].shape == generation["completion_ids"].shape
+        assert generation["old_per_token_logps"].shape[1] == 1
 
 
 def fixed_inputs(trainer, seed=0):
@@ -376,6 +385,86 @@ def test_espo_trainer_loss_equals_reference_on_fixed_inputs(tmp_path, standin_mo
     assert trainer.beta == beta  # restored after the loss
 
 
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_trace_rl_trainer_loss_equals_reference_on_fixed_inputs(tmp_path, standin_model_path, bias_correction):
+    beta = 0.01
+    trainer = loss_trainer(
+        tmp_path,
+        standin_model_path,
+        objective="trace_rl",
+        beta=beta,
+        epsilon=0.2,
+        use_bias_correction_kl=bias_correction,  # TRL's option: the k3 term times the ratio (TraceRL: off)
+    )
+    assert (trainer.args.likelihood_estimator, trainer.args.loss_type, trainer.ref_model) == (
+        "trajectory",
+        "bnpo",
+        None,
+    )
+    inputs = fixed_inputs(trainer)
+    generator = torch.Generator().manual_seed(5)
+    inputs["decode_order"] = torch.randint(0, 4, (4, 8), generator=generator)  # rollout_steps 4
+    old = -torch.rand(4, 8, generator=generator) * 6  # an old policy that differs: ratios away from 1, some clipped
+    inputs["old_per_token_logps"] = old[:, None]  # (B, 1, C): one score, the estimator is deterministic
+    loss = trainer._compute_loss(trainer.model, inputs)
+    with torch.no_grad():
+        current, _ = trajectory_per_token_logps(
+            trainer.model,
+            inputs["prompt_ids"],
+            inputs["prompt_mask"],
+            inputs["completion_ids"],
+            None,
+            decode_order=inputs["decode_order"],
+            trajectory_shrink=8,
+            rollout_steps=4,
+            **estimator_kwargs(trainer, inputs["completion_mask"]),
+        )
+    total, count = 0.0, 0
+    for i in range(4):
+        advantage = float(inputs["advantages"][i])
+        for n in range(int(inputs["completion_mask"][i].sum())):
+            new, previous = float(current[i, n]), float(old[i, n])
+            ratio = math.exp(new - previous)
+            clipped = min(max(ratio, 0.8), 1.2)
+            kl = math.exp(previous - new) - (previous - new) - 1  # k3 against the old policy
+            kl *= ratio if bias_correction else 1.0
+            total += -min(ratio * advantage, clipped * advantage) + beta * kl
+            count += 1
+    assert abs(float(loss) - total / count) < TOLERANCE  # bnpo: token mean over the micro-batch
+    assert trainer.beta == 0.0  # TRL's reference KL stays off outside the loss
+    loss.backward()
+    assert all(p.grad is not None for p in trainer.model.parameters() if p.requires_grad)
+    # without old log-probs the old policy is the current one: TRL's loss without a KL term
+    del inputs["old_per_token_logps"]
+    assert (
+        abs(
+            float(trainer._compute_loss(trainer.model, inputs))
+            + float(inputs["advantages"].repeat_interleave(inputs["completion_mask"].sum(dim=1)).mean())
+        )
+        < TOLERANCE
+    )
+
+
+def test_trace_rl_needs_a_recorded_decode_order(tmp_path, standin_model_path):
+    config = make_config(tmp_path, objective="trace_rl")
+    with pytest.raises(ValueError, match="rollout_func"):
+        DiffuGRPOTrainer(
+            standin_model_path,
+            reward_char_sum,
+            args=config,
+            train_dataset=prompts_dataset(),
+            rollout_func=lambda prompts, trainer: {},
+        )
+
+    class PlainRollouts(DiffuGRPOTrainer):
+        def rollout(self, model, prompt_ids, prompt_mask, generator):
+            return super().rollout(model, prompt_ids, prompt_mask, generator).sequences
+
+    trainer = PlainRollouts(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
+    with pytest.raises(ValueError, match="return_decode_order=True"):
+        trainer.train()
+
+
 def test_espo_advantages_are_leave_one_out(tmp_path, standin_model_path):
     config = make_config(tmp_path, objective="espo", num_mc=1, scale_rewards="none")
     trainer = CountingTrainer(standin_model_path, reward_char_sum, args=config, train_dataset=prompts_dataset())
@@ -424,6 +513,10 @@ def test_presets_fill_only_unset_fields(tmp_path):
         ({"objective": "spg", "top_entropy_quantile": 0.5}, "importance ratios"),
         ({"objective": "spg", "spg_mix": 1.5}, "spg_mix"),
         ({"objective": "spg", "spg_eubo_beta": 0.0}, "spg_eubo_beta"),
+        ({"objective": "trace_rl", "likelihood_estimator": "one_step"}, "needs `likelihood_estimator`"),
+        ({"objective": "trace_rl", "likelihood_estimator": "coupled"}, "needs `likelihood_estimator`"),
+        ({"likelihood_estimator": "trajectory", "trajectory_shrink": 0}, "trajectory_shrink"),
+        ({"objective": "trace_rl", "trajectory_shrink": 2.5}, "trajectory_shrink"),
     ],
 )
 def test_refused_objective_combinations(tmp_path, overrides, message):
@@ -442,6 +535,14 @@ PAPER_SETTINGS = {
     "spg": {"beta": 0.0, "num_iterations": 4, "spg_mix": 0.5, "spg_num_draws": 2, "scale_rewards": "none"},
     "wd1": {"beta": 0.0, "num_iterations": 12, "scale_rewards": "none"},
     "espo": {"epsilon": 0.2, "num_iterations": 8, "loss_type": "grpo", "num_mc": 2, "mc_complement": True},
+    "trace_rl": {
+        "beta": 0.01,
+        "epsilon": 0.2,
+        "trajectory_shrink": 8,
+        "loss_type": "bnpo",
+        "num_iterations": 1,
+        "use_bias_correction_kl": False,
+    },
 }
 
 
@@ -491,14 +592,14 @@ def test_demo_cli_takes_the_objective_and_refuses_unknown_ones(tmp_path, capsys)
         main(["demo", "--help"])
     assert exit_info.value.code == 0 and "--objective" in capsys.readouterr().out
     # refused before any training, as a one-line user error
-    assert main(["demo", "--quick", "--objective", "trace_rl", "--output-dir", str(tmp_path)]) == 2
-    assert "Unknown `objective` 'trace_rl'" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--objective", "trpo", "--output-dir", str(tmp_path)]) == 2
+    assert "Unknown `objective` 'trpo'" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
     assert DemoConfig().objective == "d1"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["spg", "wd1", "espo"])
+@pytest.mark.parametrize("objective", ["spg", "wd1", "espo", "trace_rl"])
 def test_quick_demo_runs_each_objective(tmp_path, objective):
     from trl_diffusion.demo.config import DemoConfig
     from trl_diffusion.demo.pipeline import run_demo

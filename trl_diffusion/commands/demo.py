@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--objective",
         default="d1",
-        help="RL objective of the second stage (DiffuGRPOConfig.objective): d1, coupled_grpo, spg, wd1 or espo "
-        "(default: %(default)s).",
+        help="RL objective of the second stage (DiffuGRPOConfig.objective): d1, coupled_grpo, spg, wd1, espo or "
+        "trace_rl (default: %(default)s).",
     )
     return parser
 

@@ -97,7 +97,8 @@ class DemoConfig:
             Progress bars and the summary table in the terminal.
         objective (`str`, *optional*, defaults to `"d1"`):
             RL objective of the second stage, `DiffuGRPOConfig.objective`: `"d1"`, `"coupled_grpo"`, `"spg"`,
-            `"wd1"` or `"espo"`, with its preset estimator and the demo's other settings (`beta` 0 unless set).
+            `"wd1"`, `"espo"` or `"trace_rl"`, with its preset estimator and the demo's other settings (`beta` 0
+            unless set).
         rollout_threshold (`float`, *optional*):
             Confidence threshold of Fast-dLLM's parallel decoding for the RL rollouts (the option of the same name of
             [`~trl_diffusion.DiffuGRPOConfig`]; Fast-dLLM uses 0.9); held-out evaluation stays exact. `None`

@@ -18,7 +18,7 @@ package; the sampler never imports model classes.
 from trl_diffusion.sampling.cache import BlockKVCache, FirstLayerDrift
 from trl_diffusion.sampling.config import DiffusionGenerationConfig
 from trl_diffusion.sampling.forward import BufferedLogitsModel, FirstLayerProjections
-from trl_diffusion.sampling.sampler import SamplerStep, generate
+from trl_diffusion.sampling.sampler import SamplerOutput, SamplerStep, generate
 from trl_diffusion.sampling.steps import max_and_argmax, num_transfer_tokens, select_parallel
 
 
@@ -28,6 +28,7 @@ __all__ = [
     "DiffusionGenerationConfig",
     "FirstLayerDrift",
     "FirstLayerProjections",
+    "SamplerOutput",
     "SamplerStep",
     "generate",
     "max_and_argmax",

@@ -44,7 +44,7 @@ sampler is the case with no cache and no threshold.
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -85,6 +85,24 @@ class SamplerStep:
     x: torch.Tensor
     transfer_index: torch.Tensor
     num_transfer: int
+
+
+class SamplerOutput(NamedTuple):
+    """
+    What [`generate`] returns with `return_decode_order=True` (a tuple: `sequences, decode_order = ...`).
+
+    Args:
+        sequences (`torch.LongTensor`): `(B, P + gen_length)`, the prompts followed by the answers, exactly what
+            [`generate`] returns without `return_decode_order`.
+        decode_order (`torch.LongTensor`): `(B, gen_length)`, for each answer token the global index of the step
+            that unmasked it, `block * steps_per_block + step` (the step's index in its block's schedule, also when
+            parallel decoding ends a block early), so values lie in `[0, steps)`. The state the model saw at step
+            `t` is the prompt plus the answer tokens with `decode_order < t`, `[MASK]` elsewhere. `-1` would mark a
+            position left masked, which a finished call never has.
+    """
+
+    sequences: torch.Tensor
+    decode_order: torch.Tensor
 
 
 def active_rows(block_masks: torch.Tensor, refresh: bool) -> torch.Tensor | None:
@@ -146,8 +164,9 @@ def generate(
     config: DiffusionGenerationConfig | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[SamplerStep], Any] | None = None,
+    return_decode_order: bool = False,
     **overrides,
-) -> torch.LongTensor:
+) -> torch.LongTensor | SamplerOutput:
     """
     Generate answers with block-wise iterative unmasking (LLaDA's reverse process; see the module docstring).
 
@@ -167,11 +186,16 @@ def generate(
             `config.seed` (or fresh entropy). The global random state is never read or changed.
         callback (`Callable[[SamplerStep], Any]`, *optional*):
             Called after every step with a [`SamplerStep`] (for tracing and tests).
+        return_decode_order (`bool`, *optional*, defaults to `False`):
+            Also return, for each answer token, the step that unmasked it ([`SamplerOutput`]): recorded inside the
+            block loop from each step's transfer index, at no extra forward pass, with every option (threshold /
+            factor decoding, caches, guidance). The sequences are the same either way.
         **overrides:
             Fields of [`DiffusionGenerationConfig`] to replace, e.g. `gen_length=128`.
 
     Returns:
-        `torch.LongTensor` `(B, P + gen_length)`: the prompts unchanged followed by the answers (no mask left).
+        `torch.LongTensor` `(B, P + gen_length)`: the prompts unchanged followed by the answers (no mask left); with
+        `return_decode_order=True` a [`SamplerOutput`] holding them and the decode order.
         Exactly `config.forward_passes` model calls are made, whatever the data (at most that many with
         `threshold` / `factor`, see `early_stop`).
 
@@ -245,6 +269,9 @@ def generate(
         drift = FirstLayerDrift(model, full_mask, position_ids, config.cache_refresh_drift)
     schedule = num_transfer_tokens(config.block_length, config.steps_per_block)
     parallel = config.parallel_decoding
+    decode_order = None
+    if return_decode_order:  # (B, gen_length): global index of the step that unmasked each answer token
+        decode_order = torch.full((batch_size, config.gen_length), -1, dtype=torch.long, device=device)
     from tqdm.auto import tqdm
 
     with tqdm(total=config.steps, desc="diffusion sampling", disable=not config.show_progress) as progress:
@@ -283,6 +310,11 @@ def generate(
                     new_block[rows], transfer_index[rows] = new_rows, row_transfer
                 for sequence in inputs:
                     sequence[:, start:end] = new_block
+                if decode_order is not None:
+                    offset = start - prompt_length
+                    decode_order[:, offset : offset + config.block_length].masked_fill_(
+                        transfer_index, block * len(schedule) + step
+                    )
                 if callback is not None:
                     callback(SamplerStep(block, step, start, end, x, transfer_index, k))
                 progress.update(1)
@@ -290,4 +322,4 @@ def generate(
                 if stop_early and not any_rank_masked((new_block == mask_token_id).sum(), config.early_stop):
                     progress.update(len(schedule) - step - 1)
                     break
-    return x
+    return SamplerOutput(x, decode_order) if return_decode_order else x

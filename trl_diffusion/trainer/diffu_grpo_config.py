@@ -75,7 +75,7 @@ RATIO_FREE_NEUTRAL_OPTIONS = {
 # TRL fields an objective's preset fills when left unset: objective -> value (TRL's default for the others).
 PRESET_FIELDS = {
     "importance_sampling_level": {"espo": "sequence"},
-    "loss_type": {"coupled_grpo": "bnpo", "espo": "grpo"},
+    "loss_type": {"coupled_grpo": "bnpo", "espo": "grpo", "trace_rl": "bnpo"},
 }
 
 
@@ -124,6 +124,12 @@ def check_objective(args) -> None:
                     f"`{name}={getattr(args, name)!r}` acts on importance ratios or per-token losses, which "
                     f"`objective={args.objective!r}` does not have; leave it at {neutral!r}."
                 )
+    shrink = args.trajectory_shrink
+    if isinstance(shrink, bool) or not isinstance(shrink, int) or shrink < 1:
+        raise ValueError(
+            f"`trajectory_shrink` must be a positive integer (sampler steps merged into one pass; TraceRL: 8 for "
+            f"LLaDA), got {shrink!r}."
+        )
     if args.spg_eubo_beta <= 0:
         raise ValueError(f"`spg_eubo_beta` must be > 0 (SPG: 1.5 for math), got {args.spg_eubo_beta}.")
     if not 0.0 <= args.spg_mix <= 1.0:
@@ -224,6 +230,20 @@ class DiffuGRPOConfig(GRPOConfig):
               MATH; 3e-3 Countdown, 1e-2 Sudoku), `epsilon=0.2`, `num_iterations=8`, `num_mc=2`,
               `mc_complement=True`, `num_generations=6`, `learning_rate=3e-6`; preset `loss_type="grpo"` (ESPO's
               mean over sequences).
+            - `"trace_rl"` (TraceRL, arXiv 2509.06949; Gen-Verse/dLLM-RL `train/rl_llada.py`): TRL's per-token
+              PPO-clip on the `"trajectory"` estimator (each token scored in the sampler's state when it was
+              unmasked, `trajectory_shrink` steps per pass), with TRL's k3 term taken against the **old** policy
+              (the generation-time scores) instead of a reference model: `beta` weighs
+              `exp(old - new) - (old - new) - 1` per token and no reference model is loaded or scored. With
+              `num_iterations=1` (and generation aligned with optimizer steps) the old policy is the current one and
+              the term is zero in value and gradient. TRL's `use_bias_correction_kl` (default on) multiplies it by
+              the ratio; TraceRL's plain k3 is `use_bias_correction_kl=False` (the recipes set it). Preset
+              `loss_type="bnpo"`: the reference averages the surrogate over each (row, step group) and those over
+              its micro-batch, about a token mean over the micro-batch; it sums its KL over a group's tokens, i.e.
+              weighs it `group size` times more per token than here. Paper (LLaDA): `beta=0.01`, `epsilon=0.2`,
+              `trajectory_shrink=8`, `learning_rate=1e-6`, `temperature=0.8`, `num_generations=8`, one pass over
+              each rollout batch (`num_iterations=1` with `steps_per_generation` a multiple of
+              `gradient_accumulation_steps`).
         spg_eubo_beta (`float`, *optional*, defaults to `1.5`):
             `"spg"` only: exponent `b` of SPG's upper bound (SPG: 1.5, 1.0 on Sudoku; its EUBO-only runs use 2.0
             on Countdown).
@@ -240,11 +260,14 @@ class DiffuGRPOConfig(GRPOConfig):
 
         likelihood_estimator (`str`, *optional*):
             Name of the per-token log-probability estimator in `trl_diffusion.likelihood.LOGP_ESTIMATORS`, by
-            default the objective's (`"one_step"` for d1 and wd1, `"coupled"`, `"spg_block"`, `"mc_elbo"` for ESPO):
+            default the objective's (`"one_step"` for d1 and wd1, `"coupled"`, `"spg_block"`, `"mc_elbo"` for ESPO,
+            `"trajectory"` for TraceRL):
             `"one_step"` is d1's (fully masked completion, randomly masked prompt; 1 forward pass per row),
             `"coupled"` DiffuCoder's coupled masks (3 passes, 2 without `coupled_full_mask_term`), `"mc_elbo"` the
             Monte-Carlo ELBO of LLaDA / ESPO (`num_mc` passes, twice that with `mc_complement`), `"spg_block"`
-            SPG's block-wise masks (`spg_num_draws` passes, blocks of `block_length`). `"mc_elbo"` and
+            SPG's block-wise masks (`spg_num_draws` passes, blocks of `block_length`), `"trajectory"` TraceRL's
+            scores along the rollout's decode order (`ceil(rollout_steps / trajectory_shrink)` passes; deterministic,
+            so one score serves every inner iteration and no mask seeds are drawn). `"mc_elbo"` and
             `"spg_block"` return per-token contributions whose sum over the completion is an ELBO estimate.
         p_mask_prompt (`float`, *optional*, defaults to `0.15`):
             Probability of masking each prompt token in the estimator (d1: 0.15); `"spg_block"` also masks the
@@ -258,6 +281,9 @@ class DiffuGRPOConfig(GRPOConfig):
             `"mc_elbo"` only: whether each draw also scores its complementary mask (ESPO's default).
         spg_num_draws (`int`, *optional*, defaults to `2`):
             `"spg_block"` only: block-masked draws per row (SPG: 2).
+        trajectory_shrink (`int`, *optional*, defaults to `8`):
+            `"trajectory"` only: consecutive sampler steps merged into one scoring pass (TraceRL's `shrink`, 8 for
+            LLaDA). The rollouts then record each token's decode step, which travels with the generation batch.
         random_masking (`bool`, *optional*, defaults to `True`):
             Whether each inner GRPO iteration (of `num_iterations`) draws its own prompt mask (d1). If `False`, one
             mask per generation batch serves all iterations.
@@ -317,7 +343,7 @@ class DiffuGRPOConfig(GRPOConfig):
         default="d1",
         metadata={
             "help": "RL objective: a preset of the estimator and the loss (trl_diffusion.objectives).",
-            "choices": ["d1", "coupled_grpo", "spg", "wd1", "espo"],
+            "choices": ["d1", "coupled_grpo", "spg", "wd1", "espo", "trace_rl"],
         },
     )
     spg_eubo_beta: float = field(
@@ -371,6 +397,10 @@ class DiffuGRPOConfig(GRPOConfig):
     spg_num_draws: int = field(
         default=2,
         metadata={"help": "spg_block estimator: block-masked draws per row (SPG: 2)."},
+    )
+    trajectory_shrink: int = field(
+        default=8,
+        metadata={"help": "trajectory estimator: sampler steps merged into one scoring pass (TraceRL: 8, LLaDA)."},
     )
 
     def __post_init__(self):

@@ -13,6 +13,7 @@ from trl.trainer.utils import get_config_model_id, pad
 
 from trl_diffusion.end_of_answer import cut_at_end_of_answer, end_of_answer_ids
 from trl_diffusion.likelihood import (
+    DECODE_ORDER_ESTIMATORS,
     ESTIMATOR_OPTIONS,
     LOGP_ESTIMATORS,
     derive_mask_seeds,
@@ -28,7 +29,7 @@ from trl_diffusion.objectives import (
     wd1_loss,
     wd1_weights,
 )
-from trl_diffusion.sampling import DiffusionGenerationConfig, generate
+from trl_diffusion.sampling import DiffusionGenerationConfig, SamplerOutput, generate
 from trl_diffusion.spec import get_model_spec, require_mask_token_id
 from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig, check_supported_options
 from trl_diffusion.trainer.peft_support import check_peft_adapters
@@ -74,14 +75,17 @@ class DiffuGRPOTrainer(GRPOTrainer):
       `trl_diffusion.likelihood.LOGP_ESTIMATORS`, chosen by `likelihood_estimator`), with its masks drawn from a
       seed carried by each row.
     - Each generation batch carries `mask_seeds` of shape (B, num_iterations) (one column without
-      `random_masking`). Old-policy and reference log-probs are computed at generation time for every column,
-      shape (B, mu, C), and the loss (`_compute_loss`) of inner iteration `k = (_step // steps_per_generation) %
-      num_iterations` uses column `k` for all three of them (d1, section 3.2).
+      `random_masking`, and with the deterministic `trajectory` estimator). Old-policy and reference log-probs are
+      computed at generation time for every column, shape (B, mu, C), and the loss (`_compute_loss`) of inner
+      iteration `k = (_step // steps_per_generation) % num_iterations` uses column `k` for all three of them (d1,
+      section 3.2).
 
     - The loss (`_compute_loss`) follows `objective` (see [`DiffuGRPOConfig`]): d1 and coupled-GRPO are TRL's loss
       unchanged; ESPO is TRL's sequence-level loss with a leave-one-out baseline and its k2 ELBO penalty in place
       of TRL's k3 term; SPG and wd1 are the ratio-free losses of `trl_diffusion.objectives`, for which no old or
-      reference log-probs are computed.
+      reference log-probs are computed; TraceRL is TRL's loss with its k3 term against the old policy.
+    - With the `trajectory` estimator each rollout also records the step that unmasked every completion token; the
+      generation batch carries it as `decode_order` (B, C), shuffled and split with the rows like the mask seeds.
 
     Inherited unchanged: datasets and prompt repetition, chat templates, reward functions and weights, advantage
     computation (`scale_rewards`, `multi_objective_aggregation`), every `loss_type` and `importance_sampling_level`,
@@ -152,9 +156,16 @@ class DiffuGRPOTrainer(GRPOTrainer):
                 "Vision-language processors (`processing_class` is a ProcessorMixin) are not supported: the "
                 "diffusion sampler and estimator are text-only. Pass the text tokenizer instead."
             )
-        check_peft_adapters(model, peft_config, "DiffuGRPOTrainer")
+        check_peft_adapters(model, peft_config, "DiffuGRPOTrainer", allow_prefix_tuning=False)
         check_prompt_column(train_dataset, "train_dataset")
         check_prompt_column(eval_dataset, "eval_dataset")
+        self._needs_decode_order = args.likelihood_estimator in DECODE_ORDER_ESTIMATORS
+        if self._needs_decode_order and rollout_func is not None:
+            raise ValueError(
+                f"`likelihood_estimator={args.likelihood_estimator!r}` scores each token along the decode order that "
+                "trl_diffusion's sampler records during the rollout; a `rollout_func` generates without it. Remove "
+                "`rollout_func`, or choose another estimator (e.g. 'one_step')."
+            )
         if processing_class is None:  # a tokenizer, never a multimodal processor
             processing_class = AutoTokenizer.from_pretrained(
                 model_id, padding_side="left", truncation_side="left", trust_remote_code=args.trust_remote_code
@@ -162,21 +173,31 @@ class DiffuGRPOTrainer(GRPOTrainer):
         self._active_mask_seeds = None  # (B,) or (B, n) while scoring; see `_mask_seeds`
         self._skip_scoring = False  # generation-time scoring of ratio-free objectives returns None
         self._captured_logps = None  # list collecting the loss's per-token log-probs (ESPO's KL)
+        self._active_decode_order = None  # (B, L) decode steps of the rows being scored (trajectory estimator)
         self._eval_generations = 0
-        super().__init__(
-            model=model,
-            reward_funcs=reward_funcs,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            reward_processing_classes=reward_processing_classes,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-            rollout_func=rollout_func,
-        )
+        # TraceRL's KL is against the old policy: TRL must neither load nor score a reference model for it
+        beta = args.beta
+        old_policy_beta = beta if args.objective == "trace_rl" else 0.0
+        if old_policy_beta:
+            args.beta = 0.0
+        try:
+            super().__init__(
+                model=model,
+                reward_funcs=reward_funcs,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                reward_processing_classes=reward_processing_classes,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+                rollout_func=rollout_func,
+            )
+        finally:
+            args.beta = beta
+        self.old_policy_beta = old_policy_beta
         if self.aux_loss_enabled:
             raise ValueError(
                 "The MoE load-balancing loss is not supported by the diffusion log-prob estimator; set "
@@ -214,10 +235,17 @@ class DiffuGRPOTrainer(GRPOTrainer):
         Runs `trl_diffusion.sampling.generate` with `self.diffusion_generation_config`, which is built from the
         trainer config; sampler options (e.g. rollout-speed options) reach it through `diffusion_generation_kwargs`.
         Called with the unwrapped model, under `torch.no_grad()`, with every rank running the same number of
-        forward passes (required under ZeRO-3 without gathering).
+        forward passes (required under ZeRO-3 without gathering). When the estimator scores along the decode order
+        (`likelihood_estimator="trajectory"`), it returns `generate`'s
+        [`~trl_diffusion.sampling.SamplerOutput`] (sequences and the `(B, L)` decode steps) instead.
         """
         return generate(
-            model, prompt_ids, attention_mask=prompt_mask, config=self.diffusion_generation_config, generator=generator
+            model,
+            prompt_ids,
+            attention_mask=prompt_mask,
+            config=self.diffusion_generation_config,
+            generator=generator,
+            return_decode_order=self._needs_decode_order,
         )
 
     def _generation_step(self) -> int:
@@ -262,6 +290,14 @@ class DiffuGRPOTrainer(GRPOTrainer):
             self._dist.summon_full_params(self.model_wrapped, recurse=False),
         ):
             sequences = self.rollout(unwrapped_model, padded, prompt_mask, generator)  # (B, P + L)
+        if isinstance(sequences, SamplerOutput):
+            sequences, decode_order = sequences
+            self._active_decode_order = decode_order  # (B, L), read by the scoring calls of this batch
+        elif self._needs_decode_order:
+            raise ValueError(
+                f"`likelihood_estimator={self.args.likelihood_estimator!r}` needs the decode order of the rollouts: "
+                "`rollout` must return `generate(..., return_decode_order=True)` (a SamplerOutput)."
+            )
         # up to and including the first EOS, as GRPOTrainer keeps it for autoregressive generation
         completions = cut_at_end_of_answer(
             sequences[:, padded.size(1) :], self.diffusion_generation_config.eos_token_id
@@ -277,7 +313,9 @@ class DiffuGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         """TRL's generation and scoring, with per-row mask seeds (B, n) attached and used for every scoring pass."""
         training = self.model.training
-        num_masks = self.num_iterations if training and self.args.random_masking else 1
+        # a deterministic estimator (the trajectory's) gives the same score at every inner iteration: one column
+        seeded = not self._needs_decode_order
+        num_masks = self.num_iterations if training and self.args.random_masking and seeded else 1
         if training:
             key = (_TRAIN_STREAM, self._generation_step())
         else:
@@ -291,8 +329,12 @@ class DiffuGRPOTrainer(GRPOTrainer):
         try:
             with self._mask_seeds(seeds):
                 output = super()._generate_and_score_completions(inputs)
+            if self._needs_decode_order:
+                # (B, C): the decode steps travel with the rows (TRL shuffles and splits them with the batch)
+                output["decode_order"] = self._active_decode_order[:, : output["completion_ids"].size(1)]
         finally:
             self._skip_scoring = False
+            self._active_decode_order = None
         if not training:
             self._eval_generations += 1
         output["mask_seeds"] = seeds
@@ -320,12 +362,32 @@ class DiffuGRPOTrainer(GRPOTrainer):
         for name in ("old_per_token_logps", "ref_per_token_logps"):
             if inputs.get(name) is not None:
                 inputs[name] = inputs[name][:, column]  # (b, n, C) -> (b, C)
-        with self._mask_seeds(seeds[:, column]):
-            if self.args.objective in ("spg", "wd1"):
-                return self._ratio_free_loss(model, inputs)
-            if self.args.objective == "espo" and self.beta != 0.0:
-                return self._espo_loss(model, inputs)
+        self._active_decode_order = inputs.get("decode_order")  # (b, C) or None
+        try:
+            with self._mask_seeds(seeds[:, column]):
+                if self.args.objective in ("spg", "wd1"):
+                    return self._ratio_free_loss(model, inputs)
+                if self.args.objective == "espo" and self.beta != 0.0:
+                    return self._espo_loss(model, inputs)
+                if self.old_policy_beta and inputs.get("old_per_token_logps") is not None:
+                    return self._kl_to_old_policy_loss(model, inputs)
+                return super()._compute_loss(model, inputs)
+        finally:
+            self._active_decode_order = None
+
+    def _kl_to_old_policy_loss(self, model, inputs):
+        """
+        TraceRL (Gen-Verse/dLLM-RL `train/rl_llada.py`, `forward_process`): TRL's loss with its k3 term taken against
+        the old policy, `exp(old - new) - (old - new) - 1` per token weighted by `beta`. Without old log-probs (one
+        inner iteration, aligned generation) the old policy is the current one and the term is zero in value and
+        gradient, so TRL's loss runs without it.
+        """
+        inputs = {**inputs, "ref_per_token_logps": inputs["old_per_token_logps"]}
+        self.beta = self.old_policy_beta
+        try:
             return super()._compute_loss(model, inputs)
+        finally:
+            self.beta = 0.0
 
     def _espo_loss(self, model, inputs):
         """
@@ -420,9 +482,13 @@ class DiffuGRPOTrainer(GRPOTrainer):
         prompt_length = input_ids.size(1) - logits_to_keep
         batch_size = batch_size or input_ids.size(0)
         all_logps, all_entropies = [], []
+        decode_order = self._active_decode_order
+        if self._needs_decode_order and decode_order is None:
+            raise RuntimeError("The trajectory estimator needs the rows' decode order; none is attached to them.")
         for start in range(0, input_ids.size(0), batch_size):
             rows = slice(start, start + batch_size)
             chunk_logps, chunk_entropies = [], []
+            extra = {"decode_order": decode_order[rows, :logits_to_keep]} if self._needs_decode_order else {}
             for column in range(seeds.size(1)):
                 with self.accelerator.autocast():
                     logps, entropies = self.logp_estimator(
@@ -433,6 +499,7 @@ class DiffuGRPOTrainer(GRPOTrainer):
                         seeds[rows, column],
                         compute_entropy=compute_entropy,
                         **self._estimator_kwargs(attention_mask[rows, prompt_length:]),
+                        **extra,
                     )
                 chunk_logps.append(logps)
                 chunk_entropies.append(entropies)
