@@ -46,6 +46,7 @@ def seed_record(metrics: dict, load_before: float, load_after: float) -> dict:
         "timings_s": metrics["timings_s"],
         "load_average": {"before": load_before, "after": load_after},
         "output_dir": metrics["settings"]["output_dir"],
+        "num_threads": metrics["environment"]["num_threads"],
     }
     if "sft_control" in stages:
         record["sft_control"] = stages["sft_control"]["accuracy"]
@@ -87,16 +88,18 @@ def readme_block(result: dict) -> str:
         row += f" {r['timings_s']['total']:.0f} s |"
         lines.append(row)
     totals = [r["timings_s"]["total"] for r in records]
-    loads = [r["load_average"]["before"] for r in records] + [r["load_average"]["after"] for r in records]
+    loads = [v for r in records for v in r["load_average"].values() if v is not None]
+    load = f"load average {min(loads):.1f}-{max(loads):.1f} during the runs" if loads else "load average not recorded"
     env = result["environment"]
+    threads = "/".join(str(n) for n in sorted({r.get("num_threads", env["num_threads"]) for r in records}))
     checks = result["acceptance"]
     lines += [
         "",
         f"![held-out accuracy and reward across masked SFT and diffu-GRPO, seed {records[0]['seed']}]"
         "(docs/demo_training.png)",
         "",
-        f"Measured by `benchmarks/demo_seeds.py` ({result['date']}, {env['num_threads']} CPU threads, torch "
-        f"{env['torch']}, load average {min(loads):.1f}-{max(loads):.1f} during the runs): pipeline time "
+        f"Measured by `benchmarks/demo_seeds.py` ({result['date']}, {threads} torch CPU threads, torch "
+        f"{env['torch']}, {load}): pipeline time "
         f"{min(totals):.0f}-{max(totals):.0f} s per seed (data, three evaluations and both stages"
         + ("; the control is extra" if control else "")
         + "). RL - SFT is at least +20 points on every seed: "
@@ -148,6 +151,12 @@ def main():
     parser.add_argument("--readme", default="README.md")
     parser.add_argument("--figure", default=os.path.join("docs", "demo_training.png"))
     parser.add_argument("--from-json", default=None, help="Rewrite the README block from this JSON; no training.")
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="No training: gather the seeds' `metrics.json` from `--workdir` (runs made earlier, e.g. side by side) "
+        "and write the JSON, figure and README block from them.",
+    )
     args = parser.parse_args()
 
     if args.from_json:
@@ -163,7 +172,10 @@ def main():
 
     quiet_third_party()
     records = []
-    for seed in args.seeds:
+    for seed in args.seeds if args.collect else []:
+        with open(os.path.join(args.workdir, f"seed{seed}", "metrics.json")) as f:
+            records.append(seed_record(json.load(f), None, None))
+    for seed in [] if args.collect else args.seeds:
         config = DemoConfig(
             seed=seed,
             output_dir=os.path.join(args.workdir, f"seed{seed}"),
