@@ -108,6 +108,12 @@ def readme_block(result: dict) -> str:
         + ("yes" if checks["last_three_rl_evaluations_at_least_sft"] else "**no**")
         + ".",
     ]
+    if result.get("collected"):
+        lines += [
+            "",
+            "These seeds were run side by side (`--collect` gathered them), sharing the cores: their wall times are "
+            "longer than one run's alone and say nothing about the pipeline time.",
+        ]
     if control:
         lines += [
             "",
@@ -196,6 +202,7 @@ def main():
         )
     result = {
         "date": time.strftime("%Y-%m-%d"),
+        "collected": args.collect,
         "settings": {k: v for k, v in vars(DemoConfig()).items() if k not in ("seed", "output_dir")},
         "seeds": records,
         "acceptance": acceptance(records),
