@@ -55,6 +55,7 @@ schedule = {
     "report_to": "none",
     "save_strategy": "no",
     "seed": SEED,
+    "activation_checkpointing": False,  # TRL's default recomputes every layer; the tiny model needs no memory saving
 }
 sft_args = MaskedSFTConfig(
     output_dir=f"{OUT}/sft", max_steps=150, per_device_train_batch_size=64, learning_rate=1e-3, warmup_steps=20,
@@ -70,8 +71,8 @@ report("after SFT", sft.model)
 grpo_args = DiffuGRPOConfig(
     output_dir=f"{OUT}/rl", max_steps=250, per_device_train_batch_size=32 * 8, num_generations=8,
     max_completion_length=ANSWER_LENGTH, block_length=ANSWER_LENGTH, rollout_steps=ANSWER_LENGTH,
-    temperature=0.7, num_iterations=2, p_mask_prompt=0.15, learning_rate=3e-4, warmup_steps=30,
-    lr_scheduler_kwargs={"min_lr": 3e-5}, mask_token_id=tokenizer.mask_token_id, **schedule,
+    temperature=0.7, num_iterations=2, p_mask_prompt=0.15, beta=0.04, learning_rate=1e-4, warmup_steps=30,
+    lr_scheduler_kwargs={"min_lr": 1e-5}, mask_token_id=tokenizer.mask_token_id, **schedule,
 )  # fmt: skip
 grpo = DiffuGRPOTrainer(
     model=f"{OUT}/sft", reward_funcs=sorting_reward, args=grpo_args, train_dataset=train_rl, processing_class=tokenizer

@@ -272,3 +272,93 @@ def test_quick_demo_checkpoints_load_and_match_reported_accuracy(quick_demo):
     result = evaluate(models["rl"], tokenizer, held_out_prompts(), config)
     assert result["accuracy"] == pytest.approx(metrics["stages"]["rl"]["accuracy"])
     assert result["mean_reward"] == pytest.approx(metrics["stages"]["rl"]["mean_reward"])
+
+
+def test_sft_control_dataset_continues_the_sft_stream():
+    from trl_diffusion.demo.pipeline import sft_control_dataset
+
+    config = DemoConfig.quick(seed=5)
+    held_out = held_out_prompts(config.num_held_out)
+    seen = config.sft_steps * config.sft_batch_size
+    stream = training_prompts(seen + 3 * config.sft_batch_size, 5, "sft", held_out)
+    control = sft_control_dataset(config, 3, held_out)
+    assert control["prompt"] == stream[seen:]
+    assert control["completion"] == [task.solve(p) for p in stream[seen:]]
+
+
+def test_quick_demo_with_sft_control_reports_it_apart_from_the_pipeline(tmp_path):
+    from trl_diffusion.demo.pipeline import format_summary, run_demo
+
+    metrics = run_demo(DemoConfig.quick(output_dir=str(tmp_path), device="cpu", show_progress=False, sft_control=True))
+    assert set(metrics["stages"]) == {"untrained", "sft", "rl", "sft_control"}
+    control = metrics["sft_control"]
+    # as many steps as the RL stage's wall time buys at the SFT stage's speed
+    assert control["budget_s"] == metrics["timings_s"]["rl"]
+    assert control["steps"] == max(1, round(control["budget_s"] / control["sft_seconds_per_step"]))
+    assert 0.0 <= metrics["stages"]["sft_control"]["accuracy"] <= 1.0
+    assert metrics["timings_s"]["sft_control"] > control["train_s"] > 0
+    summary = format_summary(metrics)
+    assert f"+{control['steps']} steps" in summary and "control not included" in summary
+    with open(tmp_path / "metrics.json") as f:
+        assert json.load(f)["sft_control"]["steps"] == control["steps"]
+
+
+def _load_demo_seeds():
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("demo_seeds", os.path.join(root, "benchmarks", "demo_seeds.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _seed_record(seed, sft, curve, total, control=None):
+    record = {
+        "seed": seed,
+        "untrained": 0.0,
+        "sft": sft,
+        "rl": curve[-1],
+        "rl_minus_sft": curve[-1] - sft,
+        "rl_evaluations": curve,
+        "last_rl_evaluations_min": min(curve[-3:]),
+        "timings_s": {"total": total},
+        "load_average": {"before": 1.0, "after": 2.0},
+    }
+    if control is not None:
+        record["sft_control"], record["sft_control_steps"] = control, 1200
+    return record
+
+
+def test_demo_seeds_acceptance_and_readme_block(tmp_path):
+    demo_seeds = _load_demo_seeds()
+    good = _seed_record(0, 0.30, [0.35, 0.40, 0.45, 0.50, 0.55], 200.0, control=0.70)
+    # +21 points at the end, but one of the last three evaluations is below SFT, and the run was too slow
+    dip = _seed_record(1, 0.30, [0.35, 0.40, 0.29, 0.50, 0.51], 250.0, control=0.65)
+    assert demo_seeds.acceptance([good]) == dict.fromkeys(demo_seeds.acceptance([good]), True)
+    checks = demo_seeds.acceptance([good, dip])
+    assert checks == {
+        "rl_minus_sft_at_least_20_points": True,
+        "last_three_rl_evaluations_at_least_sft": False,
+        "pipeline_at_most_240_s": False,
+    }
+    result = {
+        "date": "2026-01-01",
+        "seeds": [good, dip],
+        "acceptance": checks,
+        "environment": {"num_threads": 2, "torch": "2.13.0"},
+    }
+    block = demo_seeds.readme_block(result)
+    assert block.startswith(demo_seeds.BEGIN) and block.endswith(demo_seeds.END)
+    assert "| 0 | 0.0% | 30.0% | 55.0% | +25.0 | 45.0, 50.0, 55.0 | 70.0% (+1200 steps) | 200 s |" in block
+    assert "| 1 | 0.0% | 30.0% | 51.0% | +21.0 | 29.0, 50.0, 51.0 | 65.0% (+1200 steps) | 250 s |" in block
+    assert "at least the SFT accuracy: **no**" in block
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{demo_seeds.BEGIN}\nold table\n{demo_seeds.END}\noutro\n")
+    demo_seeds.write_readme(str(readme), block)
+    assert readme.read_text() == f"intro\n{block}\noutro\n"
+    demo_seeds.write_readme(str(readme), block)  # idempotent
+    assert readme.read_text() == f"intro\n{block}\noutro\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no"):
+        demo_seeds.write_readme(str(readme), block)

@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Block-wise KV cache of the RL rollouts: none, prefix or dual (default: %(default)s).",
     )
     parser.add_argument(
+        "--sft-control",
+        action="store_true",
+        help="Also report masked SFT continued for the RL stage's wall time (a same-time control; doubles RL's cost).",
+    )
+    parser.add_argument(
         "--objective",
         default="d1",
         help="RL objective of the second stage (DiffuGRPOConfig.objective): d1, coupled_grpo, spg, wd1, espo or "
@@ -44,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_third_party() -> None:
+def quiet_third_party() -> None:
     """Keep the terminal to the demo's own progress bars: no per-dataset-map or weight-loading bars, and no
     deprecation notices about options the demo does not set."""
     import warnings
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "show_progress": not args.no_progress,
         "rollout_threshold": args.rollout_threshold,
         "rollout_cache": args.rollout_cache,
+        "sft_control": args.sft_control,
         "objective": args.objective,
     }
     try:
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         build_parser().error(str(error))
 
-    _quiet_third_party()
+    quiet_third_party()
     from trl_diffusion.demo.pipeline import format_summary, run_demo  # heavy imports only when running
 
     metrics = run_demo(config)

@@ -30,7 +30,12 @@ from trl_diffusion.toy import build_tokenizer, tiny_llada_model
 
 
 STAGES = ("untrained", "sft", "rl")
-STAGE_NAMES = {"untrained": "untrained", "sft": "after masked SFT", "rl": "after diffu-GRPO"}
+STAGE_NAMES = {
+    "untrained": "untrained",
+    "sft": "after masked SFT",
+    "rl": "after diffu-GRPO",
+    "sft_control": "control: SFT for RL's time (+{steps} steps)",
+}
 
 
 def resolve_device(device: str) -> str:
@@ -43,7 +48,10 @@ def resolve_device(device: str) -> str:
 
 
 class HeldOutCallback(TrainerCallback):
-    """Evaluate the held-out set every `every` optimisation steps; records land in `records` (for the curves)."""
+    """
+    Evaluate the held-out set every `every` optimisation steps; records land in `records` (for the curves), the
+    wall time the evaluations took in `eval_seconds`.
+    """
 
     def __init__(self, evaluate_fn, every: int, step_offset: int, stage: str, progress=None):
         self.evaluate_fn = evaluate_fn
@@ -52,10 +60,13 @@ class HeldOutCallback(TrainerCallback):
         self.stage = stage
         self.progress = progress
         self.records: list[dict] = []
+        self.eval_seconds = 0.0
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
+            start = time.perf_counter()
             result = self.evaluate_fn(model)
+            self.eval_seconds += time.perf_counter() - start
             self.records.append(
                 {
                     "stage": self.stage,
@@ -123,39 +134,56 @@ def _common_args(config: DemoConfig, device: str, steps: int, learning_rate: flo
         "use_cpu": device == "cpu",
         "disable_tqdm": not config.show_progress,
         "dataloader_num_workers": 0,
+        # TRL's configs default to recomputing every layer in the backward pass to save memory; the demo's model
+        # needs a few MB of activations, so recomputing them only costs time.
+        "activation_checkpointing": False,
     }
 
 
-def train_sft(config, model, tokenizer, dataset, output_dir, device, evaluate_fn):
-    """Stage 1: masked SFT (LLaDA, arXiv 2502.09992) with [`MaskedSFTTrainer`]."""
+def train_sft(
+    config,
+    model,
+    tokenizer,
+    dataset,
+    output_dir,
+    device,
+    evaluate_fn,
+    steps=None,
+    description="masked SFT",
+    timings: dict | None = None,
+):
+    """
+    Stage 1: masked SFT (LLaDA, arXiv 2502.09992) with [`MaskedSFTTrainer`], `steps` optimisation steps (defaults
+    to `config.sft_steps`) under the SFT schedule. Returns the trainer and the held-out records; `timings`, when
+    given, receives `train_s`, the training loop's wall time without the held-out evaluations.
+    """
     from trl_diffusion import MaskedSFTConfig, MaskedSFTTrainer
 
+    steps = config.sft_steps if steps is None else steps
     args = MaskedSFTConfig(
         output_dir=output_dir,
         per_device_train_batch_size=config.sft_batch_size,
         max_completion_length=ANSWER_LENGTH,
         mask_token_id=tokenizer.mask_token_id,
         **_common_args(
-            config,
-            device,
-            config.sft_steps,
-            config.sft_learning_rate,
-            config.sft_min_learning_rate,
-            config.sft_warmup_steps,
+            config, device, steps, config.sft_learning_rate, config.sft_min_learning_rate, config.sft_warmup_steps
         ),
     )
     trainer = MaskedSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    held_out = _attach_callbacks(trainer, config, evaluate_fn, "sft", 0, "masked SFT")
+    held_out = _attach_callbacks(trainer, config, evaluate_fn, "sft", 0, description)
+    start = time.perf_counter()
     trainer.train()
+    if timings is not None:
+        timings["train_s"] = time.perf_counter() - start - held_out.eval_seconds
     return trainer, held_out.records
 
 
-def train_rl(config, model, tokenizer, dataset, output_dir, device, evaluate_fn):
-    """Stage 2: diffu-GRPO (d1, arXiv 2504.12216) with [`DiffuGRPOTrainer`] and the rule-based reward."""
-    from trl_diffusion import DiffuGRPOConfig, DiffuGRPOTrainer
+def rl_training_args(config: DemoConfig, tokenizer, output_dir: str, device: str):
+    """The [`DiffuGRPOConfig`] of the RL stage (also used by `benchmarks/bench_grpo_step.py`)."""
+    from trl_diffusion import DiffuGRPOConfig
 
     rollouts = config.rollout_generation_config()
-    args = DiffuGRPOConfig(
+    return DiffuGRPOConfig(
         output_dir=output_dir,
         per_device_train_batch_size=config.rl_prompts_per_step * config.num_generations,
         num_generations=config.num_generations,
@@ -165,7 +193,7 @@ def train_rl(config, model, tokenizer, dataset, output_dir, device, evaluate_fn)
         temperature=rollouts.temperature,
         num_iterations=config.num_iterations,
         epsilon=config.epsilon,
-        beta=config.beta,
+        beta=config.effective_beta,
         objective=config.objective,
         scale_rewards=config.scale_rewards,
         p_mask_prompt=config.p_mask_prompt,
@@ -181,12 +209,60 @@ def train_rl(config, model, tokenizer, dataset, output_dir, device, evaluate_fn)
             config.rl_warmup_steps,
         ),
     )
+
+
+def train_rl(config, model, tokenizer, dataset, output_dir, device, evaluate_fn):
+    """Stage 2: diffu-GRPO (d1, arXiv 2504.12216) with [`DiffuGRPOTrainer`] and the rule-based reward."""
+    from trl_diffusion import DiffuGRPOTrainer
+
+    args = rl_training_args(config, tokenizer, output_dir, device)
     trainer = DiffuGRPOTrainer(
         model=model, reward_funcs=sorting_reward, args=args, train_dataset=dataset, processing_class=tokenizer
     )
     held_out = _attach_callbacks(trainer, config, evaluate_fn, "rl", config.sft_steps, "diffu-GRPO")
     trainer.train()
     return trainer, held_out.records
+
+
+def sft_control_dataset(config: DemoConfig, steps: int, held_out: list[str]):
+    """`steps` batches of SFT examples that come after the SFT stage's in the run's SFT stream (fresh examples)."""
+    seen = config.sft_steps * config.sft_batch_size
+    total = seen + steps * config.sft_batch_size
+    return sft_dataset(total, config.seed, held_out).select(range(seen, total))
+
+
+def run_sft_control(config, tokenizer, sft_dir, held_out, budget_seconds, sft_train_seconds, device, evaluate_fn):
+    """
+    The same-time control: masked SFT continued from the SFT checkpoint for as many steps as `budget_seconds` (the
+    RL stage's wall time) buys at the SFT stage's measured speed (`sft_train_seconds` for `config.sft_steps` steps),
+    on fresh examples of the SFT stream, with the SFT schedule (warmup, cosine) over those steps. Returns the
+    number of steps, the speed used and the held-out result (`result`); nothing is saved.
+    """
+    seconds_per_step = sft_train_seconds / config.sft_steps
+    steps = max(1, round(budget_seconds / seconds_per_step))
+    data = sft_control_dataset(config, steps, held_out)
+    model = AutoModelForCausalLM.from_pretrained(sft_dir).to(device)
+    output_dir = os.path.join(config.output_dir, "sft_control")
+    timings = {}
+    trainer, _ = train_sft(
+        config.replace(eval_every=0),
+        model,
+        tokenizer,
+        data,
+        output_dir,
+        device,
+        evaluate_fn,
+        steps=steps,
+        description="masked SFT (same-time control)",
+        timings=timings,
+    )
+    return {
+        "steps": steps,
+        "budget_s": budget_seconds,
+        "sft_seconds_per_step": seconds_per_step,
+        "train_s": timings["train_s"],
+        "result": evaluate_fn(trainer.model),
+    }
 
 
 def _save(model, tokenizer, path: str) -> str:
@@ -202,11 +278,13 @@ def _log_curve(log_history: list[dict], key: str, step_offset: int, name: str) -
 def format_summary(metrics: dict) -> str:
     """The terminal table: held-out accuracy, mean reward and wall time per stage."""
     rows = [("stage", "held-out exact match", "mean reward", "time")]
-    for stage in STAGES:
+    for stage in (*STAGES, "sft_control"):
+        if stage not in metrics["stages"]:
+            continue
         result = metrics["stages"][stage]
         rows.append(
             (
-                STAGE_NAMES[stage],
+                STAGE_NAMES[stage].format(**(metrics.get("sft_control") or {})),
                 f"{100 * result['accuracy']:.1f}%",
                 f"{result['mean_reward']:.3f}",
                 f"{metrics['timings_s'][stage]:.1f}s",
@@ -219,7 +297,10 @@ def format_summary(metrics: dict) -> str:
     ]
     lines.insert(1, "-" * len(lines[0]))
     held_out = metrics["task"]["num_held_out"]
-    lines.append(f"({held_out} held-out prompts, greedy decoding; total {metrics['timings_s']['total']:.1f}s)")
+    lines.append(
+        f"({held_out} held-out prompts, greedy decoding; pipeline {metrics['timings_s']['total']:.1f}s"
+        + (", control not included)" if "sft_control" in metrics["stages"] else ")")
+    )
     return "\n".join(lines)
 
 
@@ -271,7 +352,10 @@ def run_demo(config: DemoConfig | None = None) -> dict:
 
     stage_start = time.perf_counter()
     sft_dir = os.path.join(checkpoints, "sft")
-    sft_trainer, sft_records = train_sft(config, model, tokenizer, sft_data, sft_dir, device, evaluate_fn)
+    sft_timings = {}
+    sft_trainer, sft_records = train_sft(
+        config, model, tokenizer, sft_data, sft_dir, device, evaluate_fn, timings=sft_timings
+    )
     _save(sft_trainer.model, tokenizer, sft_dir)
     stages["sft"] = evaluate_fn(sft_trainer.model)
     timings["sft"] = time.perf_counter() - stage_start
@@ -291,6 +375,17 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     curves["rl_reward"] = _log_curve(rl_trainer.state.log_history, "reward", config.sft_steps, "reward")
     timings["total"] = time.perf_counter() - start
     timings["process_cpu"] = time.process_time() - cpu_start  # CPU seconds of all threads (contention-independent)
+    architecture = type(rl_trainer.model).__name__
+    del rl_trainer, model
+
+    control = None
+    if config.sft_control:
+        stage_start = time.perf_counter()
+        control = run_sft_control(
+            config, tokenizer, sft_dir, held_out, timings["rl"], sft_timings["train_s"], device, evaluate_fn
+        )
+        stages["sft_control"] = control.pop("result")
+        timings["sft_control"] = time.perf_counter() - stage_start
 
     metrics = {
         "seed": config.seed,
@@ -306,12 +401,13 @@ def run_demo(config: DemoConfig | None = None) -> dict:
             "metric": "exact match of the greedy answer (up to its first EOS)",
             "reward": "fraction of answer positions right + 1.0 for an exact match (max 2)",
         },
-        "model": {"architecture": type(rl_trainer.model).__name__, "num_parameters": num_parameters},
+        "model": {"architecture": architecture, "num_parameters": num_parameters},
         "stages": stages,
         "gains": {
             "sft_minus_untrained": stages["sft"]["accuracy"] - stages["untrained"]["accuracy"],
             "rl_minus_sft": stages["rl"]["accuracy"] - stages["sft"]["accuracy"],
         },
+        "sft_control": control,
         "timings_s": timings,
         "curves": curves,
         "checkpoints": {"init": init_dir, "sft": sft_dir, "rl": rl_dir},
