@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
+from grpo_cases import make_config, prompts_dataset, reward_char_sum
 
 from trl_diffusion import DiffuGRPOConfig, DiffuGRPOTrainer
 from trl_diffusion.likelihood import (
@@ -142,37 +142,6 @@ def test_leave_one_out_and_k2_equal_per_row_references():
 
 
 # --- the trainer ---
-
-
-def reward_char_sum(completions, **kwargs):
-    texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]
-    return [(sum(map(ord, text)) % 13) / 13 for text in texts]
-
-
-def prompts_dataset(n=8):
-    return Dataset.from_dict({"prompt": [[{"role": "user", "content": f"{i} plus {i + 1}"}] for i in range(n)]})
-
-
-def make_config(tmp_path, **overrides):
-    values = {
-        "output_dir": str(tmp_path),
-        "per_device_train_batch_size": 4,
-        "num_generations": 4,
-        "max_completion_length": 8,
-        "block_length": 4,
-        "rollout_steps": 4,
-        "max_steps": 1,
-        "learning_rate": 1e-2,
-        "gradient_checkpointing": False,
-        "bf16": False,
-        "report_to": "none",
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "seed": 0,
-    }
-    values.update(overrides)
-    return DiffuGRPOConfig(**values)
 
 
 class CountingTrainer(DiffuGRPOTrainer):
