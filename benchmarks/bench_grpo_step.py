@@ -381,11 +381,11 @@ def main():
             config, tokenizer, model_dir, dataset, os.path.join(tmp, "trainer"), args.steps, args.warmup
         )
         trainer_wall = time.perf_counter() - start
-        # the trainer's scored length per row (prompt + slots, left-padded to its multiple), read off its calls
+        # the trainer's scored length per row (prompt + slots), read off its calls: the plain loop scores the same
         rows = config.rl_prompts_per_step * config.num_generations
         scored_length = round(trainer_timers.tokens["loss"] / trainer_timers.calls["loss"] / rows)
         plain_runs = {}
-        for name, multiple in (("plain, same shapes", scored_length), ("plain, unpadded", 1)):
+        for name, multiple in (("plain loop", scored_length),):
             start = time.perf_counter()
             plain_timers, plain_seconds, plain_cpu, plain_rewards, first_rewards = run_plain(
                 config, tokenizer, model_dir, trainer, trainer.recorded_batches, args.steps, args.warmup, multiple

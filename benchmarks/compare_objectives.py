@@ -10,8 +10,13 @@ the SFT checkpoint, wall time, and policy forward passes per RL step (rollouts a
 seed range shaded).
 
 Usage: `PYTHONPATH=. python benchmarks/compare_objectives.py [--seeds 0 1 2] [--objectives d1 spg ...]
-[--rl-steps N] [--quick] [--output benchmarks/results/compare_objectives]`. `--quick` uses the demo's quick
-settings (a tiny model, a few steps): it checks the wiring in a minute or two and measures nothing.
+[--rl-steps N] [--rl-prompts-per-step N] [--eval-every N] [--quick] [--output benchmarks/results/compare_objectives]`.
+`--quick` uses the demo's quick settings (a tiny model, a few steps): it checks the wiring in a minute or two and
+measures nothing.
+
+Seeds can run in separate processes (one per core, e.g. `OMP_NUM_THREADS=1 ... --seeds 1 --output /tmp/seed1`), then
+`--merge /tmp/seed0.json /tmp/seed1.json ...` writes the combined JSON, table and plot without training; the parts
+must share their settings (the SFT checkpoint is the same in each: it is trained at seed 0 whatever `--seeds`).
 """
 
 import argparse
@@ -41,7 +46,11 @@ def parse_args(argv=None):
     parser.add_argument("--objectives", nargs="+", default=sorted(OBJECTIVES, key=lambda name: name != "d1"))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rl-steps", type=int, default=None, help="RL steps per run (default: the demo's)")
+    parser.add_argument(
+        "--rl-prompts-per-step", type=int, default=None, help="prompts per RL step (default: the demo's)"
+    )
     parser.add_argument("--eval-every", type=int, default=None, help="held-out evaluation period (default: demo's)")
+    parser.add_argument("--merge", nargs="+", default=None, help="JSON files of runs to combine; no training")
     parser.add_argument("--quick", action="store_true", help="the demo's quick settings: checks the wiring only")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", default=os.path.join("benchmarks", "results", "compare_objectives"))
@@ -82,21 +91,23 @@ def summarise(values: list[float]) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    overrides = {"show_progress": False, "device": args.device}
-    if args.rl_steps is not None:
-        overrides["rl_steps"] = args.rl_steps
-    if args.eval_every is not None:
-        overrides["eval_every"] = args.eval_every
-    base = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
-    device = resolve_device(base.device)
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="compare_objectives_") as work_dir:  # checkpoints of the runs
-        report = run(args, base, device, work_dir)
+    if args.merge:
+        report = merge_reports(args.merge)
+    else:
+        overrides = {"show_progress": False, "device": args.device}
+        for name in ("rl_steps", "rl_prompts_per_step", "eval_every"):
+            if getattr(args, name) is not None:
+                overrides[name] = getattr(args, name)
+        base = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+        device = resolve_device(base.device)
+        with tempfile.TemporaryDirectory(prefix="compare_objectives_") as work_dir:  # checkpoints of the runs
+            report = run(args, base, device, work_dir)
     with open(args.output + ".json", "w") as f:
         json.dump(report, f, indent=2)
     with open(args.output + ".md", "w") as f:
         f.write(markdown_table(report) + "\n")
-    plot_curves(report["runs"], args.objectives, args.output + ".png")
+    plot_curves(report["runs"], report["settings"]["objectives"], args.output + ".png")
     print(markdown_table(report))
     return report
 
@@ -181,6 +192,25 @@ def run(args, base: DemoConfig, device: str, work_dir: str) -> dict:
         runs[CONTROL].append({"seed": seed, "accuracy": accuracy, "seconds": seconds, "sft_steps": steps})
         del trainer, model
 
+    report = {
+        "settings": {**vars(base), "seeds": args.seeds, "objectives": args.objectives, "quick": args.quick},
+        "sft_checkpoint": {"accuracy": sft_accuracy, "seconds": sft_seconds, "steps": base.sft_steps},
+        "held_out": {"num_prompts": len(held_out), "metric": "exact match of the greedy answer"},
+        "rows": summary_rows(runs, sft_accuracy),
+        "runs": runs,
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "device": device,
+            "num_threads": torch.get_num_threads(),
+            "load_average_after": os.getloadavg(),
+        },
+    }
+    return report
+
+
+def summary_rows(runs: dict, sft_accuracy: float) -> dict:
+    """Per objective (and the control): accuracy, gain over SFT and wall time over seeds, passes, seeds beating d1."""
     rows = {}
     for name, results in runs.items():
         accuracies = [r["accuracy"] for r in results]
@@ -194,14 +224,30 @@ def run(args, base: DemoConfig, device: str, work_dir: str) -> dict:
             d1 = {r["seed"]: r["accuracy"] for r in runs.get("d1", [])}
             if d1 and name != "d1":
                 rows[name]["beats_d1_on_seeds"] = [r["seed"] for r in results if r["accuracy"] > d1[r["seed"]]]
-    report = {
-        "settings": {**vars(base), "seeds": args.seeds, "objectives": args.objectives, "quick": args.quick},
-        "sft_checkpoint": {"accuracy": sft_accuracy, "seconds": sft_seconds, "steps": base.sft_steps},
-        "held_out": {"num_prompts": len(held_out), "metric": "exact match of the greedy answer"},
-        "rows": rows,
-        "runs": runs,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "device": device},
-    }
+    return rows
+
+
+def merge_reports(paths: list[str]) -> dict:
+    """One report from reports of disjoint seeds run with the same settings (see the module docstring)."""
+    parts = []
+    for path in paths:
+        with open(path) as f:
+            parts.append(json.load(f))
+    first = parts[0]
+    keys = [key for key in first["settings"] if key not in ("seeds", "output_dir")]
+    for path, part in zip(paths[1:], parts[1:], strict=True):
+        differing = [key for key in keys if part["settings"].get(key) != first["settings"][key]]
+        if differing or part["sft_checkpoint"]["accuracy"] != first["sft_checkpoint"]["accuracy"]:
+            raise ValueError(f"{path} was run with other settings than {paths[0]} ({differing or 'SFT checkpoint'}).")
+    seeds = [seed for part in parts for seed in part["settings"]["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"The reports share seeds: {seeds}; merge reports of disjoint seeds.")
+    runs = {name: [run for part in parts for run in part["runs"][name]] for name in first["runs"]}
+    report = dict(first)
+    report["settings"] = {**first["settings"], "seeds": seeds}
+    report["runs"] = runs
+    report["rows"] = summary_rows(runs, first["sft_checkpoint"]["accuracy"])
+    report["environment"] = {**first["environment"], "merged_from": len(parts)}
     return report
 
 

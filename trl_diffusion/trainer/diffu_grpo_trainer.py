@@ -35,10 +35,6 @@ from trl_diffusion.trainer.diffu_grpo_config import DiffuGRPOConfig, check_suppo
 from trl_diffusion.trainer.peft_support import check_peft_adapters
 
 
-# The scored sequence is left-padded to a multiple of this length so that a row's log-probs do not depend, even in
-# the last bit, on its position in a micro-batch (CPU kernels block tokens): old-policy log-probs computed at
-# generation time then equal the current ones exactly at the first inner iteration, after TRL's shuffle and split.
-_SCORING_LENGTH_MULTIPLE = 16
 # Tags that keep the seed streams of rollouts, training masks and evaluation apart.
 _ROLLOUT_STREAM, _TRAIN_STREAM, _EVAL_STREAM = 1, 2, 3
 
@@ -449,7 +445,6 @@ class DiffuGRPOTrainer(GRPOTrainer):
             "logit_shift": self.diffusion_spec.logit_shift,
             "num_masked_slots": self.max_completion_length,
             "temperature": self.args.scoring_temperature,
-            "pad_to_multiple_of": _SCORING_LENGTH_MULTIPLE,
             "completion_mask": completion_mask,
         }
 
