@@ -29,7 +29,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
-from trl_diffusion.demo.config import DemoConfig
+from trl_diffusion.demo.config import D1_BETA, DemoConfig
 from trl_diffusion.demo.evaluation import evaluate
 from trl_diffusion.demo.pipeline import resolve_device, train_rl, train_sft
 from trl_diffusion.demo.task import ANSWER_LENGTH, held_out_prompts, rl_dataset, sft_dataset
@@ -39,6 +39,7 @@ from trl_diffusion.toy import build_tokenizer, tiny_llada_model
 
 
 CONTROL = "more masked SFT"
+BEGIN, END = "<!-- compare-objectives:begin -->", "<!-- compare-objectives:end -->"
 
 
 def parse_args(argv=None):
@@ -51,6 +52,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--eval-every", type=int, default=None, help="held-out evaluation period (default: demo's)")
     parser.add_argument("--merge", nargs="+", default=None, help="JSON files of runs to combine; no training")
+    parser.add_argument(
+        "--readme", default=None, help=f"also rewrite this file's block between {BEGIN} and {END} (e.g. README.md)"
+    )
     parser.add_argument("--quick", action="store_true", help="the demo's quick settings: checks the wiring only")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", default=os.path.join("benchmarks", "results", "compare_objectives"))
@@ -108,6 +112,8 @@ def main(argv=None) -> dict:
     with open(args.output + ".md", "w") as f:
         f.write(markdown_table(report) + "\n")
     plot_curves(report["runs"], report["settings"]["objectives"], args.output + ".png")
+    if args.readme:
+        write_readme_block(args.readme, report, args.output + ".png")
     print(markdown_table(report))
     return report
 
@@ -275,6 +281,33 @@ def markdown_table(report: dict) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def write_readme_block(path: str, report: dict, plot_path: str) -> None:
+    """Replace the text between [`BEGIN`] and [`END`] in `path` with the table, the plot and the run's settings."""
+    with open(path) as f:
+        text = f.read()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{path} has no {BEGIN} ... {END} block to rewrite.")
+    settings, env = report["settings"], report["environment"]
+    beta = f"beta {D1_BETA:g} for d1 and 0 for the others" if settings["beta"] is None else f"beta {settings['beta']}"
+    block = [
+        BEGIN,
+        markdown_table(report),
+        "",
+        f"![held-out exact match against RL step, one line per objective, seed range shaded]({plot_path})",
+        "",
+        f"Written by `benchmarks/compare_objectives.py`: {settings['rl_steps']} RL steps of "
+        f"{settings['rl_prompts_per_step']} prompts x {settings['num_generations']} completions, the demo's other "
+        f"settings (`DemoConfig`: lr {settings['rl_learning_rate']:g} cosine, mu {settings['num_iterations']}, "
+        f"epsilon {settings['epsilon']}, {beta}), torch {env['torch']}, "
+        f"{env['num_threads']} CPU thread(s) per run. Wall time is the RL training time without the held-out "
+        "evaluations" + (", the seeds run side by side in separate processes" if env.get("merged_from") else "") + ".",
+        END,
+    ]
+    head, rest = text.split(BEGIN, 1)
+    with open(path, "w") as f:
+        f.write(head + "\n".join(block) + rest.split(END, 1)[1])
 
 
 def plot_curves(runs: dict, objectives: list[str], path: str) -> None:
