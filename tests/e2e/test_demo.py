@@ -362,3 +362,29 @@ def test_demo_seeds_acceptance_and_readme_block(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no"):
         demo_seeds.write_readme(str(readme), block)
+
+
+def test_demo_seeds_time_check_reads_the_run_made_alone():
+    demo_seeds = _load_demo_seeds()
+    # side by side the runs took 900 s each; alone, seed 0 took 230 s and reproduced its accuracies
+    records = [_seed_record(seed, 0.30, [0.35, 0.40, 0.45, 0.50, 0.55], 900.0) for seed in (0, 1)]
+    alone = _seed_record(0, 0.30, [0.35, 0.40, 0.45, 0.50, 0.55], 230.0)
+    alone["timings_s"].update({"sft": 20.0, "rl": 205.0})
+    alone.update({"num_threads": 2, "same_accuracies": True})
+    assert not demo_seeds.acceptance(records)["pipeline_at_most_240_s"]
+    checks = demo_seeds.acceptance(records, alone)
+    assert checks["pipeline_at_most_240_s"]
+    slow = dict(alone, timings_s={"total": 260.0, "sft": 20.0, "rl": 235.0})
+    assert not demo_seeds.acceptance(records, slow)["pipeline_at_most_240_s"]
+    result = {
+        "date": "2026-01-01",
+        "collected": True,
+        "seeds": records,
+        "alone": alone,
+        "acceptance": checks,
+        "environment": {"num_threads": 1, "torch": "2.13.0"},
+    }
+    block = demo_seeds.readme_block(result)
+    assert "Seed 0 run again alone (2 torch CPU threads, load average 1.00 before, 2.00 after" in block
+    assert "pipeline **230 s** (masked SFT 20 s, diffu-GRPO 205 s); pipeline at most 240 s: yes" in block
+    assert "same accuracies as its side-by-side run: yes" in block
