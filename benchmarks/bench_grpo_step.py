@@ -71,13 +71,14 @@ class Timers:
             self.phase = previous
 
     def count_calls(self, model: torch.nn.Module):
+        # counted at the backbone, which every path calls: the sampler's buffered-head path skips `model.forward`
         def hook(module, args, kwargs):
             if self.active:
                 input_ids = kwargs.get("input_ids", args[0] if args else None)
                 self.calls[self.phase] += 1
                 self.tokens[self.phase] += input_ids.numel()
 
-        return model.register_forward_pre_hook(hook, with_kwargs=True)
+        return model.get_decoder().register_forward_pre_hook(hook, with_kwargs=True)
 
 
 class TimedDiffuGRPOTrainer(DiffuGRPOTrainer):

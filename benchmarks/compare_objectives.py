@@ -51,6 +51,9 @@ def parse_args(argv=None):
         "--rl-prompts-per-step", type=int, default=None, help="prompts per RL step (default: the demo's)"
     )
     parser.add_argument("--eval-every", type=int, default=None, help="held-out evaluation period (default: demo's)")
+    parser.add_argument(
+        "--beta", type=float, default=None, help="KL coefficient for every objective (default: 0.04 for d1, else 0)"
+    )
     parser.add_argument("--merge", nargs="+", default=None, help="JSON files of runs to combine; no training")
     parser.add_argument(
         "--readme", default=None, help=f"also rewrite this file's block between {BEGIN} and {END} (e.g. README.md)"
@@ -100,7 +103,7 @@ def main(argv=None) -> dict:
         report = merge_reports(args.merge)
     else:
         overrides = {"show_progress": False, "device": args.device}
-        for name in ("rl_steps", "rl_prompts_per_step", "eval_every"):
+        for name in ("rl_steps", "rl_prompts_per_step", "eval_every", "beta"):
             if getattr(args, name) is not None:
                 overrides[name] = getattr(args, name)
         base = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
@@ -302,7 +305,14 @@ def write_readme_block(path: str, report: dict, plot_path: str) -> None:
         f"settings (`DemoConfig`: lr {settings['rl_learning_rate']:g} cosine, mu {settings['num_iterations']}, "
         f"epsilon {settings['epsilon']}, {beta}), torch {env['torch']}, "
         f"{env['num_threads']} CPU thread(s) per run. Wall time is the RL training time without the held-out "
-        "evaluations" + (", the seeds run side by side in separate processes" if env.get("merged_from") else "") + ".",
+        "evaluations"
+        + (
+            "; the seeds ran side by side in separate processes on a shared machine, so it also reflects the load "
+            "of the moment: forward passes per step (rollouts and scoring) is the cost to compare"
+            if env.get("merged_from")
+            else ""
+        )
+        + ".",
         END,
     ]
     head, rest = text.split(BEGIN, 1)

@@ -40,9 +40,10 @@ class DemoConfig:
     - Activation (gradient) checkpointing is off in both stages (TRL turns it on by default): the model's
       activations take a few MB, and recomputing every layer in the backward pass only costs time
       (`benchmarks/bench_grpo_step.py`).
-    - Cost: the KL term adds `num_iterations` reference scoring passes per generation batch. Alone on 2 cores a
-      default RL step took 1.1-1.7 s, so the pipeline takes about 6-7 minutes, not the 4 the defaults were
-      aimed at; `rl_steps` and `rl_prompts_per_step` are what to lower for a shorter run.
+    - Cost: the KL term adds `num_iterations` reference scoring passes per generation batch. Alone on 2 cores the
+      pipeline takes about 5 minutes (`benchmarks/demo_seeds.py --alone-seed`, in the README's demo block; one
+      RL step against a plain loop in `benchmarks/README.md`), above the 4 minutes the defaults were aimed at;
+      `rl_steps` and `rl_prompts_per_step` are what to lower for a shorter run.
 
     Parameters:
         output_dir (`str`, *optional*, defaults to `"demo_output"`):
