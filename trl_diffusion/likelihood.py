@@ -213,9 +213,9 @@ def one_step_per_token_logps(
         pad_to_multiple_of (`int`, *optional*, defaults to `1`):
             Left-pad the model input (not attended, position ids unchanged) to a multiple of this length, for
             kernels whose result depends on how the sequence length aligns with their blocks. The trainer leaves it
-            at 1: on the CPU kernels it runs on, a row's log-probs do not depend on its position in the batch at any
-            length (`tests/trainers/test_diffu_grpo_trainer.py` checks the first inner iteration's ratio is exactly
-            1), and padding the demo's 18-token rows to 32 cost 1.8x in scoring.
+            at 1: on the CPU kernels measured, a row's log-probs did not depend on its position in the batch at
+            lengths 18 to 32 (`tests/trainers/test_diffu_grpo_trainer.py` checks that the first inner iteration's
+            ratio is exactly 1), and padding costs scoring time (`benchmarks/README.md`, `bench_grpo_step.py`).
         completion_mask (`torch.Tensor` of shape `(B, C)`, *optional*):
             Accepted for the shared signature and unused: the completion is fully masked, padding included.
 
