@@ -186,7 +186,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str)
     return advantages
 
 
-def run_plain(config, tokenizer, model_dir, trainer, batches, steps, warmup, pad_to_multiple_of):
+def run_plain(config, tokenizer, model_dir, trainer, batches, steps, warmup):
     """The same math as the trainer, written out; replays the trainer's prompt batches and rollout seeds."""
     args = trainer.args
     timers = Timers()
@@ -214,7 +214,6 @@ def run_plain(config, tokenizer, model_dir, trainer, batches, steps, warmup, pad
         "p_mask_prompt": args.p_mask_prompt,
         "logit_shift": trainer.diffusion_spec.logit_shift,
         "num_masked_slots": args.max_completion_length,
-        "pad_to_multiple_of": pad_to_multiple_of,
     }
     eos_ids = torch.tensor(generation_config.eos_token_id)
     mu, group_size = config.num_iterations, config.num_generations
@@ -382,21 +381,21 @@ def main():
             config, tokenizer, model_dir, dataset, os.path.join(tmp, "trainer"), args.steps, args.warmup
         )
         trainer_wall = time.perf_counter() - start
-        # the trainer's scored length per row (prompt + slots), read off its calls: the plain loop scores the same
+        # the trainer's scored length per row (prompt + slots), read off its calls; both sides score unpadded rows
         rows = config.rl_prompts_per_step * config.num_generations
         scored_length = round(trainer_timers.tokens["loss"] / trainer_timers.calls["loss"] / rows)
-        plain_runs = {}
-        for name, multiple in (("plain loop", scored_length),):
-            start = time.perf_counter()
-            plain_timers, plain_seconds, plain_cpu, plain_rewards, first_rewards = run_plain(
-                config, tokenizer, model_dir, trainer, trainer.recorded_batches, args.steps, args.warmup, multiple
-            )
-            plain_runs[name] = {
+        start = time.perf_counter()
+        plain_timers, plain_seconds, plain_cpu, plain_rewards, first_rewards = run_plain(
+            config, tokenizer, model_dir, trainer, trainer.recorded_batches, args.steps, args.warmup
+        )
+        plain_runs = {
+            "plain loop": {
                 "summary": summarise(plain_timers, plain_seconds, plain_cpu),
                 "run_wall_s": time.perf_counter() - start,
                 "same_first_rollout_rewards": bool(torch.equal(trainer.first_rewards, first_rewards)),
                 "mean_reward_per_generation": plain_rewards,
             }
+        }
 
     columns = {"DiffuGRPOTrainer": summarise(trainer_timers, step_timer.step_seconds, step_timer.step_cpu)}
     columns.update({name: run["summary"] for name, run in plain_runs.items()})

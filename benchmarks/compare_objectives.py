@@ -29,6 +29,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
+from benchmarks.readme_block import replace_block
 from trl_diffusion.demo.config import D1_BETA, DemoConfig
 from trl_diffusion.demo.evaluation import evaluate
 from trl_diffusion.demo.pipeline import resolve_device, train_rl, train_sft
@@ -288,10 +289,6 @@ def markdown_table(report: dict) -> str:
 
 def write_readme_block(path: str, report: dict, plot_path: str) -> None:
     """Replace the text between [`BEGIN`] and [`END`] in `path` with the table, the plot and the run's settings."""
-    with open(path) as f:
-        text = f.read()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path} has no {BEGIN} ... {END} block to rewrite.")
     settings, env = report["settings"], report["environment"]
     beta = f"beta {D1_BETA:g} for d1 and 0 for the others" if settings["beta"] is None else f"beta {settings['beta']}"
     block = [
@@ -315,9 +312,7 @@ def write_readme_block(path: str, report: dict, plot_path: str) -> None:
         + ".",
         END,
     ]
-    head, rest = text.split(BEGIN, 1)
-    with open(path, "w") as f:
-        f.write(head + "\n".join(block) + rest.split(END, 1)[1])
+    replace_block(path, BEGIN, END, "\n".join(block))
 
 
 def plot_curves(runs: dict, objectives: list[str], path: str) -> None:

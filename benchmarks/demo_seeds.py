@@ -31,6 +31,8 @@ import time
 
 import torch
 
+from benchmarks.readme_block import replace_block
+
 
 BEGIN, END = "<!-- demo-seeds:begin -->", "<!-- demo-seeds:end -->"
 MIN_GAIN, MAX_PIPELINE_S, LAST_EVALS = 0.20, 240.0, 3
@@ -152,14 +154,7 @@ def readme_block(result: dict) -> str:
 
 
 def write_readme(path: str, block: str) -> None:
-    with open(path) as f:
-        text = f.read()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path} has no {BEGIN} ... {END} block to regenerate.")
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    with open(path, "w") as f:
-        f.write(head + block + tail)
+    replace_block(path, BEGIN, END, block)
 
 
 def main():
