@@ -39,11 +39,11 @@ from transformers import AutoModelForCausalLM, TrainerCallback, get_scheduler
 
 from trl_diffusion import DiffuGRPOTrainer
 from trl_diffusion.demo.config import DemoConfig
-from trl_diffusion.demo.pipeline import rl_training_args
+from trl_diffusion.demo.pipeline import initial_model, rl_training_args
 from trl_diffusion.demo.task import ANSWER_LENGTH, held_out_prompts, rl_dataset, sorting_reward
 from trl_diffusion.likelihood import derive_mask_seeds, derive_seed, one_step_per_token_logps
 from trl_diffusion.sampling import generate
-from trl_diffusion.toy import build_tokenizer, tiny_llada_model
+from trl_diffusion.toy import build_tokenizer
 
 
 PHASES = ("generation", "scoring", "reward", "loss", "backward", "optimizer")
@@ -364,15 +364,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.checkpoint
         if model_dir is None:
-            model = tiny_llada_model(
-                tokenizer,
-                hidden_size=config.hidden_size,
-                num_layers=config.num_layers,
-                num_heads=config.num_heads,
-                num_kv_heads=config.num_heads,
-                intermediate_size=config.intermediate_size,
-                seed=config.seed,
-            )
+            model = initial_model(config, tokenizer)
             model_dir = os.path.join(tmp, "model")
             model.save_pretrained(model_dir)
             tokenizer.save_pretrained(model_dir)

@@ -32,11 +32,16 @@ from transformers import AutoModelForCausalLM
 from benchmarks.readme_block import replace_block
 from trl_diffusion.demo.config import D1_BETA, DemoConfig
 from trl_diffusion.demo.evaluation import evaluate
-from trl_diffusion.demo.pipeline import resolve_device, train_rl, train_sft
+from trl_diffusion.demo.pipeline import (
+    held_out_generation_config,
+    initial_model,
+    resolve_device,
+    train_rl,
+    train_sft,
+)
 from trl_diffusion.demo.task import ANSWER_LENGTH, held_out_prompts, rl_dataset, sft_dataset
 from trl_diffusion.objectives import OBJECTIVES, check_objective_name
-from trl_diffusion.sampling import DiffusionGenerationConfig
-from trl_diffusion.toy import build_tokenizer, tiny_llada_model
+from trl_diffusion.toy import build_tokenizer
 
 
 CONTROL = "more masked SFT"
@@ -52,6 +57,9 @@ def parse_args(argv=None):
         "--rl-prompts-per-step", type=int, default=None, help="prompts per RL step (default: the demo's)"
     )
     parser.add_argument("--eval-every", type=int, default=None, help="held-out evaluation period (default: demo's)")
+    parser.add_argument(
+        "--rollout-steps", type=int, default=None, help="denoising steps of a rollout (default: the demo's)"
+    )
     parser.add_argument(
         "--beta", type=float, default=None, help="KL coefficient for every objective (default: 0.04 for d1, else 0)"
     )
@@ -104,7 +112,7 @@ def main(argv=None) -> dict:
         report = merge_reports(args.merge)
     else:
         overrides = {"show_progress": False, "device": args.device}
-        for name in ("rl_steps", "rl_prompts_per_step", "eval_every", "beta"):
+        for name in ("rl_steps", "rl_prompts_per_step", "eval_every", "rollout_steps", "beta"):
             if getattr(args, name) is not None:
                 overrides[name] = getattr(args, name)
         base = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
@@ -126,27 +134,13 @@ def run(args, base: DemoConfig, device: str, work_dir: str) -> dict:
 
     tokenizer = build_tokenizer()
     held_out = held_out_prompts(base.num_held_out)
-    generation_config = DiffusionGenerationConfig(
-        gen_length=ANSWER_LENGTH,
-        block_length=ANSWER_LENGTH,
-        steps=ANSWER_LENGTH,
-        temperature=0.0,
-        mask_token_id=tokenizer.mask_token_id,
-    )
+    generation_config = held_out_generation_config(base, tokenizer)
 
     def evaluate_fn(model_):
         return evaluate(model_, tokenizer, held_out, generation_config)
 
     # the shared SFT checkpoint: the demo's first stage at seed 0
-    model = tiny_llada_model(
-        tokenizer,
-        hidden_size=base.hidden_size,
-        num_layers=base.num_layers,
-        num_heads=base.num_heads,
-        num_kv_heads=base.num_heads,
-        intermediate_size=base.intermediate_size,
-        seed=0,
-    ).to(device)
+    model = initial_model(base, tokenizer, seed=0).to(device)
     sft_data = sft_dataset(base.sft_steps * base.sft_batch_size, 0, held_out)
     start = time.perf_counter()
     sft_trainer, _ = train_sft(base, model, tokenizer, sft_data, os.path.join(work_dir, "sft"), device, evaluate_fn)
@@ -298,7 +292,9 @@ def write_readme_block(path: str, report: dict, plot_path: str) -> None:
         f"![held-out exact match against RL step, one line per objective, seed range shaded]({plot_path})",
         "",
         f"Written by `benchmarks/compare_objectives.py`: {settings['rl_steps']} RL steps of "
-        f"{settings['rl_prompts_per_step']} prompts x {settings['num_generations']} completions, the demo's other "
+        f"{settings['rl_prompts_per_step']} prompts x {settings['num_generations']} completions, rollouts of "
+        # reports written before `DemoConfig.rollout_steps` existed decoded one token per step
+        f"{settings.get('rollout_steps', ANSWER_LENGTH)} denoising steps, the demo's other "
         f"settings (`DemoConfig`: lr {settings['rl_learning_rate']:g} cosine, mu {settings['num_iterations']}, "
         f"epsilon {settings['epsilon']}, {beta}), torch {env['torch']}, "
         f"{env['num_threads']} CPU thread(s) per run. Wall time is the RL training time without the held-out "

@@ -109,7 +109,7 @@ def readme_block(result: dict) -> str:
         "",
         f"Measured by `benchmarks/demo_seeds.py` ({result['date']}, {threads} torch CPU threads, torch "
         f"{env['torch']}, {load}): pipeline time "
-        f"{min(totals):.0f}-{max(totals):.0f} s per seed (data, three evaluations and both stages"
+        f"{min(totals):.0f}-{max(totals):.0f} s per seed (data, both stages and their held-out evaluations"
         + ("; the control is extra" if control else "")
         + "). RL - SFT is at least +20 points on every seed: "
         + ("yes" if checks["rl_minus_sft_at_least_20_points"] else "**no**")

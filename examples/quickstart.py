@@ -59,7 +59,7 @@ schedule = {
 }
 sft_args = MaskedSFTConfig(
     output_dir=f"{OUT}/sft", max_steps=150, per_device_train_batch_size=64, learning_rate=1e-3, warmup_steps=20,
-    lr_scheduler_kwargs={"min_lr": 1e-4}, max_completion_length=ANSWER_LENGTH,
+    lr_scheduler_kwargs={"min_lr": 1e-4}, max_grad_norm=1.0, weight_decay=0.0, max_completion_length=ANSWER_LENGTH,
     mask_token_id=tokenizer.mask_token_id, **schedule,
 )  # fmt: skip
 sft = MaskedSFTTrainer(model=model, args=sft_args, train_dataset=train_sft, processing_class=tokenizer)
@@ -67,12 +67,14 @@ sft.train()
 sft.save_model()
 report("after SFT", sft.model)
 
-# 3. diffu-GRPO (d1): 8 sampled answers per prompt, scored by the rule-based reward; no labels needed.
+# 3. diffu-GRPO (d1): 8 sampled answers per prompt, scored by the rule-based reward; no labels needed. Advantages
+# are scaled by the batch's standard deviation (why: the docstring of trl_diffusion.demo.config.DemoConfig).
 grpo_args = DiffuGRPOConfig(
     output_dir=f"{OUT}/rl", max_steps=250, per_device_train_batch_size=32 * 8, num_generations=8,
     max_completion_length=ANSWER_LENGTH, block_length=ANSWER_LENGTH, rollout_steps=ANSWER_LENGTH,
-    temperature=0.7, num_iterations=2, p_mask_prompt=0.15, beta=0.04, learning_rate=1e-4, warmup_steps=30,
-    lr_scheduler_kwargs={"min_lr": 1e-5}, mask_token_id=tokenizer.mask_token_id, **schedule,
+    temperature=0.7, num_iterations=2, epsilon=0.2, p_mask_prompt=0.15, beta=0.04, scale_rewards="batch",
+    learning_rate=1e-4, warmup_steps=30, lr_scheduler_kwargs={"min_lr": 1e-5}, max_grad_norm=1.0, weight_decay=0.0,
+    mask_token_id=tokenizer.mask_token_id, **schedule,
 )  # fmt: skip
 grpo = DiffuGRPOTrainer(
     model=f"{OUT}/sft", reward_funcs=sorting_reward, args=grpo_args, train_dataset=train_rl, processing_class=tokenizer

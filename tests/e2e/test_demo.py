@@ -154,7 +154,25 @@ def test_demo_config_validation():
         DemoConfig(num_generations=1)
     with pytest.raises(ValueError, match="divisible"):
         DemoConfig(hidden_size=30, num_heads=4)
+    for steps in (0, ANSWER_LENGTH + 1):
+        with pytest.raises(ValueError, match="rollout_steps"):
+            DemoConfig(rollout_steps=steps)
     assert DemoConfig.quick().sft_steps < DemoConfig().sft_steps
+
+
+def test_rollouts_follow_rollout_steps_and_evaluation_stays_one_token_per_step(tokenizer, tmp_path):
+    from trl_diffusion.demo.pipeline import held_out_generation_config, rl_training_args
+
+    for config in (DemoConfig(), DemoConfig(rollout_steps=4, rollout_threshold=0.9)):
+        rollouts = config.rollout_generation_config()
+        assert (rollouts.gen_length, rollouts.block_length, rollouts.steps) == (9, 9, config.rollout_steps)
+        assert rollouts.temperature == config.temperature
+        args = rl_training_args(config, tokenizer, str(tmp_path), "cpu")
+        assert (args.max_completion_length, args.block_length, args.rollout_steps) == (9, 9, config.rollout_steps)
+        held_out = held_out_generation_config(config, tokenizer)
+        assert (held_out.steps, held_out.temperature, held_out.threshold, held_out.cache) == (9, 0.0, None, "none")
+    assert DemoConfig().rollout_steps == ANSWER_LENGTH  # one token per step by default
+    assert DemoConfig(rollout_steps=4).rollout_generation_config().steps == 4
 
 
 def test_cli_lists_demo_and_its_flags(capsys):
@@ -164,11 +182,14 @@ def test_cli_lists_demo_and_its_flags(capsys):
         main(["demo", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--quick", "--seed", "--output-dir", "--device"):
+    for flag in ("--quick", "--seed", "--output-dir", "--device", "--rollout-steps"):
         assert flag in out
     with pytest.raises(SystemExit):
         main(["demo", "--device", "tpu"])
     assert "device" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--rollout-steps", "10"])
+    assert "rollout_steps" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------- end to end

@@ -162,3 +162,71 @@ def test_contract_trl_script_helpers():
     assert list(inspect.signature(gather_object).parameters) == ["object"]
     model_fields = set(ModelConfig.__dataclass_fields__)
     assert {"model_name_or_path", "model_revision", "attn_implementation", "dtype", "lora_r"} <= model_fields
+
+
+def _quickstart_config_calls() -> dict[str, dict]:
+    """The keyword arguments of the config calls in `examples/quickstart.py` that are constants of the task (the
+    ones naming the tokenizer or the output directory are left out), `**schedule` expanded."""
+    import ast
+
+    from trl_diffusion.demo.task import ANSWER_LENGTH
+
+    with open(os.path.join(ROOT, "examples", "quickstart.py")) as f:
+        tree = ast.parse(f.read())
+    namespace = {"ANSWER_LENGTH": ANSWER_LENGTH}
+    for node in tree.body:  # module-level constants (`SEED, OUT = ...`) and then `schedule = {...}`, in order
+        if isinstance(node, ast.Assign) and not any(isinstance(n, ast.Call) for n in ast.walk(node.value)):
+            exec(compile(ast.Module([node], type_ignores=[]), "quickstart", "exec"), namespace)
+    calls = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("MaskedSFTConfig", "DiffuGRPOConfig"):
+            values = {}
+            for keyword in node.keywords:
+                if keyword.arg is None:  # **schedule
+                    values.update(namespace[keyword.value.id])
+                elif keyword.arg not in ("output_dir", "mask_token_id"):
+                    values[keyword.arg] = eval(compile(ast.Expression(keyword.value), "quickstart", "eval"), namespace)
+            calls[node.func.id] = values
+    return calls
+
+
+def test_quickstart_example_trains_with_the_demo_settings(tokenizer, tmp_path):
+    # "the same pipeline as `trl-diffusion demo`": every setting the example writes out is the demo's
+    from trl_diffusion.demo.config import DemoConfig
+    from trl_diffusion.demo.pipeline import rl_training_args, train_sft
+
+    calls = _quickstart_config_calls()
+    assert set(calls) == {"MaskedSFTConfig", "DiffuGRPOConfig"}
+    config = DemoConfig(output_dir=str(tmp_path))
+    demo_grpo = rl_training_args(config, tokenizer, str(tmp_path / "rl"), "cpu")
+    captured = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(model, args, **kwargs):
+        captured["args"] = args
+        raise Stop
+
+    import trl_diffusion
+
+    original = trl_diffusion.MaskedSFTTrainer
+    trl_diffusion.MaskedSFTTrainer = capture
+    try:
+        with pytest.raises(Stop):
+            train_sft(config, None, tokenizer, None, str(tmp_path / "sft"), "cpu", None)
+    finally:
+        trl_diffusion.MaskedSFTTrainer = original
+    for name, demo_args in (("MaskedSFTConfig", captured["args"]), ("DiffuGRPOConfig", demo_grpo)):
+        # built as the example builds it, so that both sides are normalised alike (e.g. `report_to`)
+        example_args = type(demo_args)(output_dir=str(tmp_path / "example"), **calls[name])
+        differing = {
+            key: (getattr(example_args, key), getattr(demo_args, key))
+            for key in calls[name]
+            if getattr(example_args, key) != getattr(demo_args, key)
+        }
+        assert not differing, f"{name} in examples/quickstart.py differs from the demo's: {differing}"
+    # and the settings that decide what RL does are all written out
+    assert {"rollout_steps", "scale_rewards", "beta", "num_iterations", "learning_rate"} <= set(
+        calls["DiffuGRPOConfig"]
+    )

@@ -22,6 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="No progress bars or summary table.")
     parser.add_argument(
+        "--rollout-steps",
+        "--rollout_steps",
+        type=int,
+        default=None,
+        help="Denoising steps of an RL rollout of the 9-token answer (default: 4, d1's length // 2; evaluation "
+        "always decodes one token per step).",
+    )
+    parser.add_argument(
         "--rollout-threshold",
         "--rollout_threshold",
         type=float,
@@ -71,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "show_progress": not args.no_progress,
         "rollout_threshold": args.rollout_threshold,
+        **({"rollout_steps": args.rollout_steps} if args.rollout_steps is not None else {}),
         "rollout_cache": args.rollout_cache,
         "sft_control": args.sft_control,
         "objective": args.objective,

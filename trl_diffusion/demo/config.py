@@ -40,10 +40,14 @@ class DemoConfig:
     - Activation (gradient) checkpointing is off in both stages (TRL turns it on by default): the model's
       activations take a few MB, and recomputing every layer in the backward pass only costs time
       (`benchmarks/bench_grpo_step.py`).
-    - Cost: the KL term adds `num_iterations` reference scoring passes per generation batch. Alone on 2 cores the
-      pipeline takes about 5 minutes (`benchmarks/demo_seeds.py --alone-seed`, in the README's demo block; one
-      RL step against a plain loop in `benchmarks/README.md`), above the 4 minutes the defaults were aimed at;
-      `rl_steps` and `rl_prompts_per_step` are what to lower for a shorter run.
+    - `rollout_steps=9` (one token per step): with 4 steps (d1's `gen_length // 2`, 3, 2, 2, 2 tokens per step)
+      the pipeline of seed 0 took 170 s instead of 221 s (alone on 2 cores, one after the other), but RL - SFT
+      fell to +19.8, +24.8, +22.0, +30.4 and +30.6 points on seeds 0-4 (one token per step: +25.2, +29.0, +29.6,
+      +32.4, +26.8), below +20 on seed 0.
+    - Cost: the KL term adds `num_iterations` reference scoring passes per generation batch. The pipeline's time
+      alone on 2 cores is in the README's demo block (`benchmarks/demo_seeds.py --alone-seed`; one RL step against
+      a plain loop in `benchmarks/README.md`); `rollout_steps`, `rl_steps` and `rl_prompts_per_step` are what to
+      lower for a shorter run.
 
     Parameters:
         output_dir (`str`, *optional*, defaults to `"demo_output"`):
@@ -109,6 +113,9 @@ class DemoConfig:
             RL objective of the second stage, `DiffuGRPOConfig.objective`: `"d1"`, `"coupled_grpo"`, `"spg"`,
             `"wd1"`, `"espo"` or `"trace_rl"`, with its preset estimator and the demo's other settings (`beta` 0
             unless set).
+        rollout_steps (`int`, *optional*, defaults to `9`):
+            Denoising steps (model calls) of an RL rollout of the 9-token answer, decoded as one block: one token per
+            step by default. Held-out evaluation decodes one token per step whatever this is. At most 9.
         rollout_threshold (`float`, *optional*):
             Confidence threshold of Fast-dLLM's parallel decoding for the RL rollouts (the option of the same name of
             [`~trl_diffusion.DiffuGRPOConfig`]; Fast-dLLM uses 0.9); held-out evaluation stays exact. `None`
@@ -160,6 +167,9 @@ class DemoConfig:
     logging_steps: int = field(default=5, metadata={"help": "Trainer logging period in steps."})
     show_progress: bool = field(default=True, metadata={"help": "Progress bars and summary table."})
     objective: str = field(default="d1", metadata={"help": "RL objective (DiffuGRPOConfig.objective)."})
+    rollout_steps: int = field(
+        default=9, metadata={"help": "Denoising steps of an RL rollout of the 9-token answer (9: one per token)."}
+    )
     rollout_threshold: float | None = field(
         default=None, metadata={"help": "Confidence threshold of parallel decoding in RL rollouts (Fast-dLLM: 0.9)."}
     )
@@ -200,6 +210,13 @@ class DemoConfig:
             )
         if self.eval_every < 0:
             raise ValueError(f"`eval_every` must be non-negative (0 disables it), got {self.eval_every}.")
+        from trl_diffusion.demo.task import ANSWER_LENGTH
+
+        if not 1 <= self.rollout_steps <= ANSWER_LENGTH:
+            raise ValueError(
+                f"`rollout_steps` must be between 1 and the answer length {ANSWER_LENGTH} (one token per step), got "
+                f"{self.rollout_steps}."
+            )
         if self.temperature <= 0:
             raise ValueError(f"`temperature` must be positive for RL rollouts, got {self.temperature}.")
         self.rollout_generation_config()  # the sampler's validation of the rollout options
@@ -211,7 +228,7 @@ class DemoConfig:
             raise ValueError(f"`p_mask_prompt` must be in [0, 1), got {self.p_mask_prompt}.")
 
     def rollout_generation_config(self):
-        """The RL rollouts' sampler settings: the whole answer as one block, one token per step (at most)."""
+        """The RL rollouts' sampler settings: the whole answer as one block in `rollout_steps` steps."""
         from trl_diffusion.demo.task import ANSWER_LENGTH
         from trl_diffusion.sampling import DiffusionGenerationConfig
         from trl_diffusion.sampling.config import named_as
@@ -220,7 +237,7 @@ class DemoConfig:
             return DiffusionGenerationConfig.d1(
                 ANSWER_LENGTH,
                 block_length=ANSWER_LENGTH,
-                steps=ANSWER_LENGTH,
+                steps=self.rollout_steps,
                 temperature=self.temperature,
                 threshold=self.rollout_threshold,
                 cache=self.rollout_cache,

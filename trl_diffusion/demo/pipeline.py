@@ -304,6 +304,35 @@ def format_summary(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def initial_model(config: DemoConfig, tokenizer, seed: int | None = None):
+    """The demo's tiny LLaDA-architecture model, random, sized by `config` and initialised from `seed`
+    (`config.seed` when `None`)."""
+    return tiny_llada_model(
+        tokenizer,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        num_kv_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        seed=config.seed if seed is None else seed,
+    )
+
+
+def held_out_generation_config(config: DemoConfig, tokenizer):
+    """
+    The held-out evaluation's sampler: greedy, one token per step over the whole answer (one block), LLaDA's
+    low-confidence remasking, exact (no threshold, no cache), whatever the rollouts' settings.
+    """
+    return replace(
+        config.rollout_generation_config(),
+        steps=ANSWER_LENGTH,
+        temperature=0.0,
+        threshold=None,
+        cache="none",
+        mask_token_id=tokenizer.mask_token_id,
+    )
+
+
 def run_demo(config: DemoConfig | None = None) -> dict:
     """Run the whole pipeline, write `metrics.json`, `training.png` and checkpoints, and return the metrics."""
     config = config if config is not None else DemoConfig()
@@ -319,27 +348,12 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     rl_data = rl_dataset(config.rl_steps * config.rl_prompts_per_step, config.seed, held_out)
 
     # A tiny model from scratch, saved first: TRL rebuilds reference models from `config._name_or_path`.
-    init_model = tiny_llada_model(
-        tokenizer,
-        hidden_size=config.hidden_size,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        num_kv_heads=config.num_heads,
-        intermediate_size=config.intermediate_size,
-        seed=config.seed,
-    )
+    init_model = initial_model(config, tokenizer)
     init_dir = _save(init_model, tokenizer, os.path.join(checkpoints, "init"))
     model = AutoModelForCausalLM.from_pretrained(init_dir).to(device)
     num_parameters = sum(p.numel() for p in model.parameters())
 
-    # Greedy, one token per step over the whole answer (one block): LLaDA's low-confidence remasking.
-    generation_config = replace(
-        config.rollout_generation_config(),
-        temperature=0.0,
-        threshold=None,
-        cache="none",
-        mask_token_id=tokenizer.mask_token_id,
-    )
+    generation_config = held_out_generation_config(config, tokenizer)
 
     def evaluate_fn(model_):
         return evaluate(model_, tokenizer, held_out, generation_config)
