@@ -190,7 +190,7 @@ def _quickstart_config_calls() -> dict[str, dict]:
     return calls
 
 
-def test_quickstart_example_trains_with_the_demo_settings(tokenizer, tmp_path):
+def test_quickstart_example_trains_with_the_demo_settings(tokenizer, tmp_path, monkeypatch):
     # "the same pipeline as `trl-diffusion demo`": every setting the example writes out is the demo's
     from trl_diffusion.demo.config import DemoConfig
     from trl_diffusion.demo.pipeline import rl_training_args, train_sft
@@ -210,13 +210,9 @@ def test_quickstart_example_trains_with_the_demo_settings(tokenizer, tmp_path):
 
     import trl_diffusion
 
-    original = trl_diffusion.MaskedSFTTrainer
-    trl_diffusion.MaskedSFTTrainer = capture
-    try:
-        with pytest.raises(Stop):
-            train_sft(config, None, tokenizer, None, str(tmp_path / "sft"), "cpu", None)
-    finally:
-        trl_diffusion.MaskedSFTTrainer = original
+    monkeypatch.setattr(trl_diffusion, "MaskedSFTTrainer", capture)  # the demo's SFT config, without training
+    with pytest.raises(Stop):
+        train_sft(config, None, tokenizer, None, str(tmp_path / "sft"), "cpu", None)
     for name, demo_args in (("MaskedSFTConfig", captured["args"]), ("DiffuGRPOConfig", demo_grpo)):
         # built as the example builds it, so that both sides are normalised alike (e.g. `report_to`)
         example_args = type(demo_args)(output_dir=str(tmp_path / "example"), **calls[name])

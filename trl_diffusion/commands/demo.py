@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rollout_steps",
         type=int,
         default=None,
-        help="Denoising steps of an RL rollout of the 9-token answer (default: 4, d1's length // 2; evaluation "
+        help="Denoising steps of an RL rollout of the 9-token answer (default: 9, one token per step; evaluation "
         "always decodes one token per step).",
     )
     parser.add_argument(
