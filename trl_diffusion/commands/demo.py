@@ -25,9 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--rollout-steps",
         "--rollout_steps",
         type=int,
-        default=None,
-        help="Denoising steps of an RL rollout of the 9-token answer (default: 9, one token per step; evaluation "
-        "always decodes one token per step).",
+        default=DemoConfig.rollout_steps,
+        help="Denoising steps of an RL rollout of the 9-token answer (default: %(default)s, one token per step; "
+        "evaluation always decodes one token per step).",
     )
     parser.add_argument(
         "--rollout-threshold",
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "show_progress": not args.no_progress,
         "rollout_threshold": args.rollout_threshold,
-        **({"rollout_steps": args.rollout_steps} if args.rollout_steps is not None else {}),
+        "rollout_steps": args.rollout_steps,
         "rollout_cache": args.rollout_cache,
         "sft_control": args.sft_control,
         "objective": args.objective,
