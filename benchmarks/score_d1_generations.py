@@ -116,10 +116,18 @@ def load_d1_scorer(eval_directory: str):
     """d1's `parse_and_get_acc` module from a d1 checkout's `eval` folder, token counting replaced by a stand-in."""
     if not os.path.isfile(os.path.join(eval_directory, "parse_and_get_acc.py")):
         raise SystemExit(f"{eval_directory!r} has no parse_and_get_acc.py: pass the `eval` folder of a d1 checkout.")
-    if importlib.util.find_spec("tiktoken") is None:
-        sys.modules["tiktoken"] = types.ModuleType("tiktoken")  # imported by d1's scorer, used only for token counts
+    # d1's scorer imports tiktoken for its token counts only. Where it is missing, a stand-in serves that import and
+    # leaves `sys.modules` again (a bare module there would break libraries that check for tiktoken, like datasets).
+    stand_in = importlib.util.find_spec("tiktoken") is None
+    if stand_in:
+        sys.modules["tiktoken"] = types.ModuleType("tiktoken")
     sys.path.insert(0, eval_directory)
-    module = importlib.import_module("parse_and_get_acc")
+    try:
+        module = importlib.import_module("parse_and_get_acc")
+    finally:
+        sys.path.remove(eval_directory)
+        if stand_in:
+            del sys.modules["tiktoken"]
     module.count_effective_tokens = lambda text: 0
     return module
 

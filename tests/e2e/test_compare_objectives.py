@@ -1,22 +1,14 @@
 """`benchmarks/compare_objectives.py`: merging per-seed reports and the README block, on hand-made reports."""
 
-import importlib.util
 import json
-import os
 
 import pytest
-
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def compare():
-    path = os.path.join(ROOT, "benchmarks", "compare_objectives.py")
-    spec = importlib.util.spec_from_file_location("compare_objectives", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("compare_objectives")
 
 
 def _report(compare, seed, accuracies, sft=0.25, rl_steps=10):

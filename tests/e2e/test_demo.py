@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 
 from trl_diffusion.demo import task
 from trl_diffusion.demo.config import DemoConfig
@@ -324,16 +325,6 @@ def test_quick_demo_with_sft_control_reports_it_apart_from_the_pipeline(tmp_path
         assert json.load(f)["sft_control"]["steps"] == control["steps"]
 
 
-def _load_demo_seeds():
-    import importlib.util
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("demo_seeds", os.path.join(root, "benchmarks", "demo_seeds.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _seed_record(seed, sft, curve, total, control=None):
     record = {
         "seed": seed,
@@ -352,7 +343,7 @@ def _seed_record(seed, sft, curve, total, control=None):
 
 
 def test_demo_seeds_acceptance_and_readme_block(tmp_path):
-    demo_seeds = _load_demo_seeds()
+    demo_seeds = load_benchmark("demo_seeds")
     good = _seed_record(0, 0.30, [0.35, 0.40, 0.45, 0.50, 0.55], 200.0, control=0.70)
     # +21 points at the end, but one of the last three evaluations is below SFT, and the run was too slow
     dip = _seed_record(1, 0.30, [0.35, 0.40, 0.29, 0.50, 0.51], 250.0, control=0.65)
@@ -386,7 +377,7 @@ def test_demo_seeds_acceptance_and_readme_block(tmp_path):
 
 
 def test_demo_seeds_time_check_reads_the_run_made_alone():
-    demo_seeds = _load_demo_seeds()
+    demo_seeds = load_benchmark("demo_seeds")
     # side by side the runs took 900 s each; alone, seed 0 took 230 s and reproduced its accuracies
     records = [_seed_record(seed, 0.30, [0.35, 0.40, 0.45, 0.50, 0.55], 900.0) for seed in (0, 1)]
     alone = _seed_record(0, 0.30, [0.35, 0.40, 0.45, 0.50, 0.55], 230.0)

@@ -6,20 +6,10 @@ import os
 import sys
 
 import pytest
+from benchmark_scripts import load_benchmark
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def load_script():
-    path = os.path.join(ROOT, "benchmarks", "score_d1_generations.py")
-    spec = importlib.util.spec_from_file_location("score_d1_generations", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-script = load_script()
+script = load_benchmark("score_d1_generations")
 
 
 def write_generations(directory, name, gen_length, rows):
@@ -55,10 +45,9 @@ def d1_eval(tmp_path, monkeypatch):
     folder = tmp_path / "d1_eval"
     folder.mkdir()
     (folder / "parse_and_get_acc.py").write_text(D1_SCORER)
-    monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.delitem(sys.modules, "parse_and_get_acc", raising=False)
-    monkeypatch.delitem(sys.modules, "tiktoken", raising=False)
-    return str(folder)
+    yield str(folder)
+    sys.modules.pop("parse_and_get_acc", None)
 
 
 def test_package_scores_the_completion_cut_at_the_first_end_of_sequence_with_the_prefill():
@@ -105,6 +94,9 @@ def test_compares_with_d1s_scorer_and_lists_every_disagreement(tmp_path, d1_eval
 
     script.main(["--generations", str(generations), "--d1-eval", d1_eval, "--output", str(output)])
 
+    assert d1_eval not in sys.path
+    if importlib.util.find_spec("tiktoken") is None:
+        assert "tiktoken" not in sys.modules  # the stand-in served d1's import only
     (result,) = json.loads(output.read_text())["results"]
     assert (result["task"], result["gen_length"], result["num_rows"]) == ("gsm8k", 256, 4)
     assert result["d1"] == pytest.approx(50.0) and result["package"] == {"accuracy": pytest.approx(50.0)}
