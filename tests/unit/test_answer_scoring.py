@@ -34,6 +34,12 @@ FALSE_POSITIVES = [
     ("<answer>\n\\boxed{2u}\n</answer>", "2"),
     ("<answer>\n\\boxed{3x^2 + 7}\n</answer>", "7"),
     ("<answer>\n\\boxed{2 or 3}\n</answer>", "3"),
+    # the same ending a sentence: math-verify's plain-expression reading would take the last number again
+    ("<answer>\n\\boxed{x + 5.}\n</answer>", "5"),
+    ("<answer>\nx + 5.\n</answer>", "5"),
+    ("<answer>\n-4u + 14;\n</answer>", "14"),
+    ("<answer>\n2 or 3.\n</answer>", "3"),
+    ("<answer>\nThe answer is 3x^2 + 7.\n</answer>", "7"),
 ]
 # The real answer after an empty box or an empty answer block, or right after an answer block without a box.
 HIDDEN_ANSWERS = [
@@ -52,6 +58,8 @@ READABLE_BOXES = [
     ("<answer>\n\\boxed{45/3}\n</answer>", "15"),
     ("<answer>\n\\boxed{803\n}", "803"),  # a box spanning a newline
     ("Therefore the answer is \\boxed{60\\%}.\n</answer>", "60"),
+    ("<answer>\n\\boxed{18.}\n</answer>", "18"),  # the sentence's full stop inside the box
+    ("<answer>\n\\boxed{5!}\n</answer>", "120"),  # a factorial is not punctuation
 ]
 
 

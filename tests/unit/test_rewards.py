@@ -114,9 +114,11 @@ def test_gsm8k_reward_reads_unit_words_but_no_other_text():
         "5 or more",
         "2 or 3",
     ]
-    answers.append("The answer is 5")  # a number picked out of a sentence is not an answer
+    answers += ["The answer is 5", "He has 5 apples."]  # a number picked out of a sentence is not an answer
+    golds.append("5")
     completions = [wrap(answer) for answer in answers]
-    assert gsm8k_reward(prompts=None, completions=completions, answer=golds) == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    expected = [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert gsm8k_reward(prompts=None, completions=completions, answer=golds) == expected
     # MATH answers are read exactly as written
     assert math_reward(prompts=None, completions=completions[:1], answer=golds[:1]) == [0.0]
     assert strip_unit_words(r"2 pi") == "2 pi" and strip_unit_words("2u") == "2u"

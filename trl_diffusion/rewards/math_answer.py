@@ -3,7 +3,8 @@ r"""Math answer correctness (GSM8K, MATH500) checked with `math-verify`, so that
 d1's GSM8K reward compares strings exactly (`"0.5" != "1/2"`, `"1,000" != "1000"`); here the gold answer and the
 model's final answer (see [`~trl_diffusion.rewards.text.final_answer`]) are both parsed whole to sympy by
 `math-verify` and compared symbolically (`\frac{1}{2}` == `0.5`, `15.975` == `\frac{639}{40}`). No number is ever
-picked out of a longer answer: `\boxed{x + 5}`, `\boxed{2u}` or `\boxed{2 or 3}` are not `5`, `2` or `3`. Each answer
+picked out of a longer answer: `\boxed{x + 5}`, `\boxed{2u}`, `\boxed{2 or 3}` or `He has 5 apples.` are not `5`, `2`,
+`3` or `5`; a full stop or semicolon ending an answer belongs to its sentence (`\boxed{18.}` is 18). Each answer
 is judged with a bounded cost on any thread (see [`~trl_diffusion.rewards.math_judge`]).
 
 GSM8K answers are plain numbers, so [`gsm8k_reward`] also reads a number followed by unit words (`72 dollars`,

@@ -39,6 +39,8 @@ _VARIABLE = re.compile(r"[A-Za-z]")
 _LARGE_EXPONENT = re.compile(r"\^\s*\{?\s*\d{5,}")
 # A factorial of a group over numbers only, such as `(10^{10})!`.
 _FACTORIAL_OF_GROUP = re.compile(r"[)}\]]\s*!")
+# Punctuation that ends a sentence, after the last character of an answer (not `...`, the template's placeholder).
+_SENTENCE_END = re.compile(r"(?<![.\s])\s*[.;]\s*$")
 # Deepest bracket nesting of a final answer; real ones stay far below (`\frac{\sqrt{2}}{2}` is 2 deep).
 MAX_NESTING = 12
 
@@ -105,15 +107,19 @@ def is_too_costly(answer: str) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _extraction_config() -> tuple:
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+    # LaTeX only: where the LaTeX reading of a value fails, math-verify's plain-expression extraction would take the
+    # last number of the text (`x + 5.` would be 5), a number picked out of an answer.
+    from math_verify import LatexExtractionConfig
 
-    return (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
+    return (LatexExtractionConfig(boxed_match_priority=0),)
 
 
 def _parse_whole(value: str, timeout: int | None) -> list:
     # Wrapping in \boxed{} makes math-verify read the whole value as one LaTeX answer (tuples, \sqrt, \$18, ...).
+    # A full stop or semicolon ending the value is the sentence's, not the answer's (`18.`).
     from math_verify import parse
 
+    value = _SENTENCE_END.sub("", value)
     value = value if "\\boxed" in value else f"\\boxed{{{value}}}"
     return parse(value, extraction_config=_extraction_config(), parsing_timeout=timeout)
 
