@@ -118,18 +118,28 @@ class PerTokenLogpEstimator(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
+@dataclass(frozen=True)
+class ModelCall:
+    """
+    How every pass of an estimator calls the model and reads its logits: the estimators' shared keyword arguments
+    `mask_token_id`, `logit_shift`, `temperature`, `compute_entropy` and `pad_to_multiple_of` (documented in
+    [`one_step_per_token_logps`]).
+    """
+
+    mask_token_id: int
+    logit_shift: bool
+    temperature: float
+    compute_entropy: bool
+    pad_to_multiple_of: int
+
+
 def _forward_logps(
     model: torch.nn.Module,
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
     slot_ids: torch.Tensor,
     completion_ids: torch.Tensor,
-    *,
-    mask_token_id: int,
-    logit_shift: bool,
-    temperature: float,
-    compute_entropy: bool,
-    pad_to_multiple_of: int,
+    call: ModelCall,
     positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     # One model call on `prompt_ids` (B, P) (already masked) followed by `slot_ids` (B, S); log-probs of
@@ -138,8 +148,8 @@ def _forward_logps(
     batch_size, prompt_length = prompt_ids.shape
     num_slots, completion_length = slot_ids.size(1), completion_ids.size(1)
     device = prompt_ids.device
-    extra = -(prompt_length + num_slots) % max(1, pad_to_multiple_of)
-    filler = torch.full((batch_size, extra), mask_token_id, dtype=prompt_ids.dtype, device=device)
+    extra = -(prompt_length + num_slots) % max(1, call.pad_to_multiple_of)
+    filler = torch.full((batch_size, extra), call.mask_token_id, dtype=prompt_ids.dtype, device=device)
     input_ids = torch.cat([filler, prompt_ids, slot_ids], dim=1)  # (B, extra + P + S)
     # The attention mask is always passed (even without padding) so that the same computation path runs whatever
     # the padding of the batch a row lands in.
@@ -147,16 +157,16 @@ def _forward_logps(
     position_ids = position_ids_from_mask(attention_mask, *attention_mask.shape, device)  # counts real tokens only
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
 
-    start = extra + prompt_length - (1 if logit_shift else 0)
+    start = extra + prompt_length - (1 if call.logit_shift else 0)
     logits = logits[:, start : start + completion_length]  # (B, C, V)
     if positions is not None:
         logits = torch.take_along_dim(logits, positions.unsqueeze(-1), dim=1)  # (B, n, V)
         completion_ids = completion_ids.gather(1, positions)  # (B, n)
-    logits = logits.float() / temperature
+    logits = logits.float() / call.temperature
     log_probs = F.log_softmax(logits, dim=-1)  # (B, C, V)
     per_token_logps = log_probs.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)  # (B, C)
     # -inf log-probs (logits fixed to -inf) have probability 0 and contribute 0, not NaN
-    entropies = -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(-1) if compute_entropy else None  # (B, C)
+    entropies = -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(-1) if call.compute_entropy else None
     return per_token_logps, entropies
 
 
@@ -226,18 +236,8 @@ def one_step_per_token_logps(
     num_slots = max(completion_length, num_masked_slots or 0)
     masked_prompt = prompt_ids.masked_fill(random_prompt_mask(prompt_mask, mask_seeds, p_mask_prompt), mask_token_id)
     slots = torch.full((batch_size, num_slots), mask_token_id, dtype=prompt_ids.dtype, device=prompt_ids.device)
-    return _forward_logps(
-        model,
-        masked_prompt,
-        prompt_mask,
-        slots,
-        completion_ids,
-        mask_token_id=mask_token_id,
-        logit_shift=logit_shift,
-        temperature=temperature,
-        compute_entropy=compute_entropy,
-        pad_to_multiple_of=pad_to_multiple_of,
-    )
+    call = ModelCall(mask_token_id, logit_shift, temperature, compute_entropy, pad_to_multiple_of)
+    return _forward_logps(model, masked_prompt, prompt_mask, slots, completion_ids, call)
 
 
 # --- estimators with several masked passes per row ---
@@ -279,24 +279,20 @@ def _run_passes(
     completion_ids: torch.Tensor,
     prompt_masked: torch.Tensor,
     slot_masked: torch.Tensor,
-    *,
-    mask_token_id: int,
-    logit_shift: bool,
-    temperature: float,
-    compute_entropy: bool,
-    pad_to_multiple_of: int,
+    call: ModelCall,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     # Pass d of every row: the prompt with `prompt_masked[:, d]` (B, D, P) masked, then the completion (extended
     # with [MASK] to the S slots) with `slot_masked[:, d]` (B, D, S) masked. One model call per pass over the B rows,
     # reduced to (B, C) at once: at most one (B, C, V) log-softmax is live outside autograd.
     batch_size, num_passes, num_slots = slot_masked.shape
     device = prompt_ids.device
+    mask_token_id = call.mask_token_id
     tail = torch.full(
         (batch_size, num_slots - completion_ids.size(1)), mask_token_id, dtype=completion_ids.dtype, device=device
     )
     slots = torch.cat([completion_ids, tail], dim=1)  # (B, S)
     prompt_masked, slot_masked = prompt_masked.to(device), slot_masked.to(device)
-    logps, entropies = [], [] if compute_entropy else None
+    logps, entropies = [], [] if call.compute_entropy else None
     for index in range(num_passes):
         pass_logps, pass_entropies = _forward_logps(
             model,
@@ -304,14 +300,10 @@ def _run_passes(
             prompt_mask,
             slots.masked_fill(slot_masked[:, index], mask_token_id),
             completion_ids,
-            mask_token_id=mask_token_id,
-            logit_shift=logit_shift,
-            temperature=temperature,
-            compute_entropy=compute_entropy,
-            pad_to_multiple_of=pad_to_multiple_of,
+            call,
         )
         logps.append(pass_logps)
-        if compute_entropy:
+        if call.compute_entropy:
             entropies.append(pass_entropies)
     return logps, entropies
 
@@ -413,19 +405,9 @@ def coupled_per_token_logps(
         weights[row, 1, :length] = in_z1.float() * (half / ratio)
         weights[row, 2, :length] = (~in_z1).float() * (half / (1.0 - ratio))
     prompt_masked = torch.zeros(batch_size, len(passes), prompt_length, dtype=torch.bool)
-    logps, entropies = _run_passes(
-        model,
-        prompt_ids,
-        prompt_mask,
-        completion_ids,
-        prompt_masked,
-        slot_masked[:, passes],
-        mask_token_id=mask_token_id,
-        logit_shift=logit_shift,
-        temperature=temperature,
-        compute_entropy=compute_entropy,
-        pad_to_multiple_of=pad_to_multiple_of,
-    )
+    call = ModelCall(mask_token_id, logit_shift, temperature, compute_entropy, pad_to_multiple_of)
+    slot_masked = slot_masked[:, passes]
+    logps, entropies = _run_passes(model, prompt_ids, prompt_mask, completion_ids, prompt_masked, slot_masked, call)
     return _combine(logps, entropies, weights[:, passes])
 
 
@@ -515,19 +497,8 @@ def mc_elbo_per_token_logps(
                         (length + 1) / (length - count) / num_mc / per_draw
                     )
     prompt_masked = torch.zeros(batch_size, num_passes, prompt_length, dtype=torch.bool)
-    logps, entropies = _run_passes(
-        model,
-        prompt_ids,
-        prompt_mask,
-        completion_ids,
-        prompt_masked,
-        slot_masked,
-        mask_token_id=mask_token_id,
-        logit_shift=logit_shift,
-        temperature=temperature,
-        compute_entropy=compute_entropy,
-        pad_to_multiple_of=pad_to_multiple_of,
-    )
+    call = ModelCall(mask_token_id, logit_shift, temperature, compute_entropy, pad_to_multiple_of)
+    logps, entropies = _run_passes(model, prompt_ids, prompt_mask, completion_ids, prompt_masked, slot_masked, call)
     return _combine(logps, entropies, weights)
 
 
@@ -622,19 +593,8 @@ def spg_block_draws(
             clean = torch.rand(num_prompt + start, generator=generator) < p_mask_prompt  # (n_prompt + start,)
             prompt_masked[row, draw, is_real_prompt[row]] = clean[:num_prompt]
             slot_masked[row, draw, :start] = clean[num_prompt:]
-    logps, entropies = _run_passes(
-        model,
-        prompt_ids,
-        prompt_mask,
-        completion_ids,
-        prompt_masked,
-        slot_masked,
-        mask_token_id=mask_token_id,
-        logit_shift=logit_shift,
-        temperature=temperature,
-        compute_entropy=compute_entropy,
-        pad_to_multiple_of=pad_to_multiple_of,
-    )
+    call = ModelCall(mask_token_id, logit_shift, temperature, compute_entropy, pad_to_multiple_of)
+    logps, entropies = _run_passes(model, prompt_ids, prompt_mask, completion_ids, prompt_masked, slot_masked, call)
     device = logps[0].device
     real = torch.arange(completion_length)[None, :] < torch.tensor(lengths)[:, None]  # (B, C)
     masked = slot_masked[:, :, :completion_length] & real[:, None, :]  # (B, m, C)
@@ -805,6 +765,7 @@ def trajectory_per_token_logps(
     tail = torch.full((batch_size, num_slots - completion_length), mask_token_id, dtype=completion_ids.dtype)
     slots = torch.cat([completion_ids, tail.to(device)], dim=1)  # (B, S)
     group_slots = torch.cat([group, torch.full((batch_size, num_slots - completion_length), num_groups)], dim=1)
+    call = ModelCall(mask_token_id, logit_shift, temperature, compute_entropy, pad_to_multiple_of)
     values = completion_ids.new_zeros((batch_size, completion_length + 1), dtype=torch.float32)  # last: a sink
     entropies = values.clone() if compute_entropy else None
     for index in range(num_groups):
@@ -820,11 +781,7 @@ def trajectory_per_token_logps(
             prompt_mask,
             slots.masked_fill((group_slots >= index).to(device), mask_token_id),
             completion_ids,
-            mask_token_id=mask_token_id,
-            logit_shift=logit_shift,
-            temperature=temperature,
-            compute_entropy=compute_entropy,
-            pad_to_multiple_of=pad_to_multiple_of,
+            call,
             positions=columns.to(device),
         )
         valid = valid.to(device)
