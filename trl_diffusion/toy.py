@@ -65,6 +65,23 @@ def build_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def _tiny_ids(tokenizer) -> dict:
+    """Special ids of the tiny tokenizer, for the configs of tiny models built on it."""
+    return {
+        "mask_token_id": tokenizer.mask_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": None,
+    }
+
+
+def _seeded_init(model_class, config, seed: int):
+    with torch.random.fork_rng(devices=[]):  # explicit seed without touching the caller's global RNG state
+        torch.manual_seed(seed)
+        model = model_class(config)
+    return model.eval()
+
+
 def tiny_standin_model(
     tokenizer: PreTrainedTokenizerFast | None = None,
     hidden_size: int = 32,
@@ -102,27 +119,7 @@ def tiny_standin_model(
         tie_word_embeddings=True,
     )
     config.mask_token_id = tokenizer.mask_token_id
-    with torch.random.fork_rng(devices=[]):  # explicit seed without touching the caller's global RNG state
-        torch.manual_seed(seed)
-        model = Gemma3ForCausalLM(config)
-    return model.eval()
-
-
-def _tiny_ids(tokenizer) -> dict:
-    """Special ids of the tiny tokenizer, for the configs of tiny models built on it."""
-    return {
-        "mask_token_id": tokenizer.mask_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "bos_token_id": None,
-    }
-
-
-def _seeded_init(model_class, config, seed: int):
-    with torch.random.fork_rng(devices=[]):  # explicit seed without touching the caller's global RNG state
-        torch.manual_seed(seed)
-        model = model_class(config)
-    return model.eval()
+    return _seeded_init(Gemma3ForCausalLM, config, seed)
 
 
 def tiny_llada_model(
