@@ -8,7 +8,7 @@ Each generation is scored twice:
 
 - **this package**: the completion as `trl-diffusion eval` scores it, `<reasoning>` (d1's prefill) followed by the
   generated text cut at the first end-of-sequence token (LLaDA's `<|eot_id|>` / `<|endoftext|>`), through the task's
-  `metrics`;
+  `metrics`, with the `completion_ended` flags `evaluate_task` passes (whether the text had that token);
 - **d1**: d1's `parse_*_answers` on the raw text, imported from the d1 checkout given by `--d1-eval` (token counting,
   which needs tiktoken's downloaded encoding, is replaced by a stand-in: its count is not used here).
 
@@ -106,10 +106,14 @@ def package_scores(task: str, rows: list[dict]) -> dict[str, list[float | None]]
     """Per-row scores of every metric of the package's task, as `evaluate_task` computes them."""
     task_object = get_task(task)
     completions = [package_completion(row["generations"]) for row in rows]
+    ended = [any(token in row["generations"] for token in END_OF_SEQUENCE) for row in rows]
     columns = reward_columns(task, rows)
     prompts = [row["question"] for row in rows]
     metrics = task_object.metrics
-    return {name: metric(prompts=prompts, completions=completions, **columns) for name, metric in metrics.items()}
+    return {
+        name: metric(prompts=prompts, completions=completions, completion_ended=ended, **columns)
+        for name, metric in metrics.items()
+    }
 
 
 def load_d1_scorer(eval_directory: str):

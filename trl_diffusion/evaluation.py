@@ -268,7 +268,9 @@ def evaluate_task(
     """
     Generate and score `dataset` (a task dataset from `Task.load`) at one generation length. Returns one record per
     example, in dataset order, on every process: `index`, `question`, `prompt` (rendered text), `completion`
-    (prefill + generated text), `scores` (one per metric of `task.metrics`), `score` (the first metric's) and the
+    (prefill + generated text, without its end-of-answer token), `completion_ended` (whether an end-of-answer token
+    ended it, rather than the length limit), `scores` (one per metric of `task.metrics`, each called with the
+    completions, their `completion_ended` flags and the task's reward columns), `score` (the first metric's) and the
     task's reward columns.
     """
     from accelerate.utils import gather_object
@@ -319,8 +321,12 @@ def evaluate_task(
             )  # (B, P + gen_length)
             completions = cut_at_end_of_answer(output[:, encoded["input_ids"].shape[1] :], eos_ids)
             for row, i in enumerate(indices):
-                text = tokenizer.decode(strip_end_of_answer(completions[row], eos_ids), skip_special_tokens=True)
-                records.append({"index": i, "prompt": texts[i], "completion": config.prefill + text})
+                answer_ids = strip_end_of_answer(completions[row], eos_ids)
+                text = tokenizer.decode(answer_ids, skip_special_tokens=True)
+                ended = len(answer_ids) < len(completions[row])  # an end-of-answer token closed it (not the limit)
+                records.append(
+                    {"index": i, "prompt": texts[i], "completion": config.prefill + text, "completion_ended": ended}
+                )
 
     if accelerator is not None and accelerator.num_processes > 1:
         with accelerator.split_between_processes(batch_ids) as my_batches:
@@ -334,8 +340,9 @@ def evaluate_task(
 
     columns = {name: dataset[name] for name in task.reward_columns}
     completions = [r["completion"] for r in records]
+    ended = [r["completion_ended"] for r in records]
     scores = {
-        name: metric(prompts=dataset["prompt"], completions=completions, **columns)
+        name: metric(prompts=dataset["prompt"], completions=completions, completion_ended=ended, **columns)
         for name, metric in task.metrics.items()
     }
     for position, record in enumerate(records):

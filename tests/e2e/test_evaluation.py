@@ -134,6 +134,43 @@ def test_evaluate_task_reports_both_sudoku_metrics(tokenizer):
     assert table.splitlines()[2].endswith(" | 0.0 |")
 
 
+@pytest.mark.parametrize("gen_length, ended", [(48, True), (32, False)])
+def test_sudoku_d1_metric_knows_whether_the_completion_ended(tokenizer, gen_length, ended):
+    # The oracle leaves its answer block open after 8 digits. With room to spare it then writes its end-of-sequence
+    # token, which ends the block for d1 (8 digits padded with zeros: some cells right); at 32 tokens the answer is cut
+    # off by the length limit and d1's rule finds no answer (0).
+    from trl_diffusion.rewards import sudoku_d1_reward
+
+    task = get_task("sudoku")
+    dataset = task.load("test", limit=2, seed=0)
+    answer = f"</reasoning><answer>{dataset[0]['solution'][:8]}    "  # 32 characters, one token each
+    answer_ids = tokenizer.encode(answer, add_special_tokens=False)
+    assert len(answer_ids) == 32
+    model = OracleModel(
+        answer_ids,
+        gen_length=gen_length,
+        vocab_size=len(tokenizer),
+        eos_id=tokenizer.eos_token_id,
+        mask_id=tokenizer.mask_token_id,
+    )
+    config = EvalConfig(
+        model_name_or_path=["oracle"], tasks=["sudoku"], gen_lengths=[gen_length], block_length=16, batch_size=2
+    )
+    records = evaluate_task(model, tokenizer, task, dataset, gen_length, config)
+    assert [r["completion_ended"] for r in records] == [ended, ended]
+    assert all(r["completion"] == "<reasoning>" + answer for r in records)
+    # d1 pads the 8 digits with zeros: the empty cells among the first 8 are right, the others wrong
+    empty = [i for i, cell in enumerate(dataset[0]["puzzle"]) if cell == "0"]
+    expected = sum(i < 8 for i in empty) / len(empty) if ended else 0.0
+    assert expected > 0 or not ended
+    assert records[0]["scores"]["cell_accuracy_d1"] == pytest.approx(expected)
+    # the reward alone, given the flags, scores the same; without them it reads every completion as cut off
+    columns = {"puzzle": dataset["puzzle"][:1], "solution": dataset["solution"][:1]}
+    completions = [records[0]["completion"]]
+    assert sudoku_d1_reward(completions=completions, completion_ended=[ended], **columns) == [pytest.approx(expected)]
+    assert sudoku_d1_reward(completions=completions, **columns) == [0.0]
+
+
 def _eval_args(model_path: str, output_dir: str, extra: tuple[str, ...] = ()) -> list[str]:
     return [
         "eval",

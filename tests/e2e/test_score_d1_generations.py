@@ -72,6 +72,11 @@ def test_every_task_reads_its_gold_answer_from_d1s_ground_truth():
     }
     math = {"question": "q", "generations": "<answer>\n\\boxed{\\frac{639}{40}}\n</answer>", "ground_truth": "15.975"}
     assert script.package_scores("sudoku", [sudoku]) == {"cell_accuracy_d1": [1.0], "cell_accuracy_strict": [1.0]}
+    # an answer block left open: d1 reads it up to the end-of-sequence token, and not at all without one
+    open_block = {**sudoku, "generations": "</reasoning>\n<answer>\n43211243"}
+    closed_by_eos = {**open_block, "generations": open_block["generations"] + "<|eot_id|><|endoftext|>"}
+    scores = script.package_scores("sudoku", [open_block, closed_by_eos])["cell_accuracy_d1"]
+    assert scores[0] == 0.0 and scores[1] == pytest.approx(3 / 8)  # 3 of the 8 empty cells are in the first 8
     assert script.package_scores("countdown", [countdown]) == {"accuracy": [1.0]}
     assert script.package_scores("math500", [math]) == {"accuracy": [1.0]}
     with pytest.raises(SystemExit, match="16-digit puzzle"):

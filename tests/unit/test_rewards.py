@@ -256,11 +256,11 @@ def test_contract_grpo_trainer_calls_rewards_with_keywords():
 
 
 def d1_sudoku_reference(generation: str, puzzle: str, solution: str) -> float:
-    # d1's rule written out plainly (eval/parse_and_get_acc.py, parse_sudoku_answers, of dllm-reasoning/d1), on a
-    # generation cut at its first end-of-sequence token (so "or the end of the text" ends the answer block too)
+    # d1's rule written out plainly (eval/parse_and_get_acc.py, parse_sudoku_answers, of dllm-reasoning/d1), on a raw
+    # generation: LLaDA's end-of-sequence tokens still in the text
     patterns = [
         r"<answer>.*?```\s*([\d\s]+)```",
-        r"<answer>(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|</answer>|$)",
+        r"<answer>(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|</answer>)",
         r"</answer>\s*(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|$)",
         r".*?(\d{16})\s*</answer>",
         r"\b(\d{16})\b",
@@ -302,10 +302,16 @@ D1_SUDOKU_CASES = {
 def test_sudoku_d1_metric_equals_d1_rule():
     completions = list(D1_SUDOKU_CASES.values())
     n = len(completions)
+    columns = {"puzzle": [PUZZLE] * n, "solution": [SOLUTION] * n}
+    # each completion read as a raw generation that the length limit cut off
     expected = [d1_sudoku_reference(c, PUZZLE, SOLUTION) for c in completions]
-    assert sudoku_d1_reward(prompts=None, completions=completions, puzzle=[PUZZLE] * n, solution=[SOLUTION] * n) == (
-        expected
-    )
+    assert sudoku_d1_reward(prompts=None, completions=completions, **columns) == expected
+    # each completion closed by its end-of-sequence token, which `trl-diffusion eval` cuts off and reports
+    ended = [d1_sudoku_reference(c + "<|eot_id|>", PUZZLE, SOLUTION) for c in completions]
+    assert sudoku_d1_reward(prompts=None, completions=completions, completion_ended=[True] * n, **columns) == ended
+    assert [e != x for e, x in zip(ended, expected, strict=True)] == [c == "unclosed block" for c in D1_SUDOKU_CASES]
+    with pytest.raises(ValueError, match="completion_ended"):
+        sudoku_d1_reward(prompts=None, completions=completions, completion_ended=[True], **columns)
     scores = dict(zip(D1_SUDOKU_CASES, expected, strict=True))
     assert scores["exact"] == scores["changed clue"] == scores["long"] == scores["fenced"] == 1.0
     assert 0.0 < scores["short"] < 1.0 and scores["nothing"] == 0.0 and scores["after the block"] == 0.0

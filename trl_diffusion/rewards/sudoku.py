@@ -11,8 +11,10 @@ Grids are 16-character strings read row by row, `0` for an empty cell.
   match of d1's patterns (a fenced digit block in the answer block, the answer block, the text after `</answer>`, 16
   digits before `</answer>`, any 16 digits), whitespace removed, padded with `0` or truncated to 16 characters; the
   score is the fraction of the puzzle's empty cells whose character equals the solution's. Clues are not checked.
-  d1 pools the cells of the whole test set (correct cells over empty cells); the mean of this per-puzzle score is the
-  same number when every puzzle has the same number of empty cells, as in the generated test sets.
+  d1 reads raw generations, where an end-of-sequence token also ends an open answer block; the reward's
+  `completion_ended` flags (which `trl-diffusion eval` passes) say which completions had one. d1 pools the cells of
+  the whole test set (correct cells over empty cells); the mean of this per-puzzle score is the same number when every
+  puzzle has the same number of empty cells, as in the generated test sets.
 """
 
 import re
@@ -70,21 +72,30 @@ def sudoku_score(completion: str, puzzle: str, solution: str) -> float:
     return sum(grid[i] == solution[i] for i in empty) / len(empty)
 
 
-# d1's answer patterns, tried in this order (eval/parse_and_get_acc.py, parse_sudoku_answers). d1 scores the raw
-# generation, where the first end-of-sequence token ends the text; the completions scored here are cut at that token,
-# so the end of the text stands for it.
-_D1_END = r"(?:<\|eot_id\|>|<\|endoftext\|>|$)"
+# d1's answer patterns, tried in this order (eval/parse_and_get_acc.py, parse_sudoku_answers), on the raw generation:
+# an answer block ends at `</answer>` or at LLaDA's end-of-sequence tokens, and the text after `</answer>` at those
+# tokens or the end of the text.
 D1_ANSWER_PATTERNS = (
     re.compile(r"<answer>.*?```\s*([\d\s]+)```", re.DOTALL),
-    re.compile(r"<answer>(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|</answer>|$)", re.DOTALL),
-    re.compile(r"</answer>\s*(.*?)" + _D1_END, re.DOTALL),
+    re.compile(r"<answer>(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|</answer>)", re.DOTALL),
+    re.compile(r"</answer>\s*(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|$)", re.DOTALL),
     re.compile(r".*?(\d{16})\s*</answer>", re.DOTALL),
     re.compile(r"\b(\d{16})\b", re.DOTALL),
 )
+# What follows the text of a completion that ended with its end-of-sequence token, in the raw generation d1 reads.
+D1_END_OF_SEQUENCE = "<|endoftext|>"
 
 
-def extract_grid_d1(completion: str) -> str:
-    """The answer as d1 reads it: first non-empty match, whitespace removed, padded or cut to 16 ('' if none)."""
+def extract_grid_d1(completion: str, ended: bool = False) -> str:
+    """
+    The answer as d1 reads it: first non-empty match, whitespace removed, padded or cut to 16 ('' if none).
+
+    `completion` is read as d1 reads a raw generation. A completion cut at its end-of-sequence token (as
+    `trl-diffusion eval` and TRL decode them) has lost that token, which ends an open answer block for d1: pass
+    `ended=True` for it, and the token is put back. A completion cut off by the length limit has none.
+    """
+    if ended:
+        completion = completion + D1_END_OF_SEQUENCE
     answer = ""
     for pattern in D1_ANSWER_PATTERNS:
         match = pattern.search(completion)
@@ -97,11 +108,14 @@ def extract_grid_d1(completion: str) -> str:
     return answer[:CELLS].ljust(CELLS, "0")
 
 
-def sudoku_d1_score(completion: str, puzzle: str, solution: str) -> float:
-    """d1's cell accuracy: the empty cells of `puzzle` whose character equals `solution`'s, over their number."""
+def sudoku_d1_score(completion: str, puzzle: str, solution: str, ended: bool = False) -> float:
+    """
+    d1's cell accuracy: the empty cells of `puzzle` whose character equals `solution`'s, over their number (`ended`:
+    see [`extract_grid_d1`]).
+    """
     puzzle, solution = _check_grids(puzzle, solution)
     empty = [i for i in range(CELLS) if puzzle[i] == "0"]
-    grid = extract_grid_d1(completion)
+    grid = extract_grid_d1(completion, ended)
     if not empty or not grid:
         return 0.0
     return sum(grid[i] == solution[i] for i in empty) / len(empty)
@@ -120,16 +134,30 @@ def sudoku_d1_reward(
     completions=None,
     puzzle: Sequence[str] | None = None,
     solution: Sequence[str] | None = None,
+    completion_ended: Sequence[bool] | None = None,
     **kwargs,
 ) -> list[float]:
     """
     d1's Sudoku cell accuracy (see the module docstring): the answer padded or truncated to 16 characters, scored on
     the empty cells of the `puzzle` column against the `solution` column; clues are not checked. Use it to compare
     with d1's Table 1; [`sudoku_reward`] is the strict score used for training.
+
+    `completion_ended` (one bool per completion, optional) says which completions ended with their end-of-sequence
+    token; `trl-diffusion eval` passes it. d1 reads an answer block left open as ending at that token. Without the
+    flags every completion is read as d1 reads a raw generation cut off by the length limit: an answer block left
+    open counts only through d1's later patterns (16 digits in a row).
     """
     completions = completions or []
     _check_columns("sudoku_d1_reward", completions, puzzle, solution)
-    return [sudoku_d1_score(completion_text(c), p, s) for c, p, s in zip(completions, puzzle, solution, strict=True)]
+    if completion_ended is None:
+        completion_ended = [False] * len(completions)
+    elif len(completion_ended) != len(completions):
+        raise ValueError(
+            f"sudoku_d1_reward got {len(completion_ended)} `completion_ended` flags for {len(completions)} "
+            "completions; pass one per completion, or none."
+        )
+    rows = zip(completions, puzzle, solution, completion_ended, strict=True)
+    return [sudoku_d1_score(completion_text(c), p, s, bool(e)) for c, p, s, e in rows]
 
 
 def sudoku_reward(
