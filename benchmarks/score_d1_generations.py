@@ -32,6 +32,7 @@ import sys
 import types
 from collections import defaultdict
 
+from trl_diffusion.evaluation import summarize
 from trl_diffusion.rewards import final_answer
 from trl_diffusion.tasks import get_task
 
@@ -69,10 +70,13 @@ def read_generations(directory: str) -> dict[tuple[str, int], list[dict]]:
     return dict(rows)
 
 
-def package_completion(generation: str) -> str:
-    """The completion `trl-diffusion eval` would score: the prefill, then the text up to the first end of sequence."""
+def package_completion(generation: str) -> tuple[str, bool]:
+    """
+    The completion `trl-diffusion eval` would score (the prefill, then the text up to the first end of sequence) and
+    its `completion_ended` flag (whether an end-of-sequence token ended it).
+    """
     cut = min((generation.find(token) for token in END_OF_SEQUENCE if token in generation), default=len(generation))
-    return PREFILL + generation[:cut]
+    return PREFILL + generation[:cut], cut < len(generation)
 
 
 def gsm8k_gold(value) -> str:
@@ -105,8 +109,8 @@ def reward_columns(task: str, rows: list[dict]) -> dict[str, list]:
 def package_scores(task: str, rows: list[dict]) -> dict[str, list[float | None]]:
     """Per-row scores of every metric of the package's task, as `evaluate_task` computes them."""
     task_object = get_task(task)
-    completions = [package_completion(row["generations"]) for row in rows]
-    ended = [any(token in row["generations"] for token in END_OF_SEQUENCE) for row in rows]
+    completions, ended = zip(*(package_completion(row["generations"]) for row in rows), strict=True)
+    completions, ended = list(completions), list(ended)
     columns = reward_columns(task, rows)
     prompts = [row["question"] for row in rows]
     metrics = task_object.metrics
@@ -145,21 +149,21 @@ def d1_scores(scorer, task: str, rows: list[dict]) -> tuple[list[float], float]:
     return [float(item["is_correct"]) for item in items], 100.0 * correct / processed
 
 
-def mean_percent(values) -> float:
-    scored = [value for value in values if value is not None]
-    return 100.0 * sum(scored) / len(scored) if scored else float("nan")
-
-
 def compare(rows_by_setting, scorer) -> list[dict]:
     results = []
     for (task, length), rows in sorted(rows_by_setting.items()):
         scores = package_scores(task, rows)
         headline = next(iter(scores))
+        # one record per row as `evaluate_task` writes it, so that the means are those `trl-diffusion eval` reports
+        records = [
+            {"score": row[0], "scores": dict(zip(scores, row, strict=True))}
+            for row in zip(*scores.values(), strict=True)
+        ]
         result = {
             "task": task,
             "gen_length": length,
             "num_rows": len(rows),
-            "package": {name: mean_percent(values) for name, values in scores.items()},
+            "package": summarize(records)["metrics"],
         }
         if scorer is not None:
             d1_rows, d1_headline = d1_scores(scorer, task, rows)
@@ -168,7 +172,7 @@ def compare(rows_by_setting, scorer) -> list[dict]:
             for index, (mine, theirs) in enumerate(zip(scores[headline], d1_rows, strict=True)):
                 if mine is None or abs(mine - theirs) < 1e-9:
                     continue
-                completion = package_completion(rows[index]["generations"])
+                completion, _ = package_completion(rows[index]["generations"])
                 disagreements.append(
                     {
                         "index": index,

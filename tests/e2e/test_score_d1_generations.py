@@ -51,8 +51,9 @@ def d1_eval(tmp_path, monkeypatch):
 
 
 def test_package_scores_the_completion_cut_at_the_first_end_of_sequence_with_the_prefill():
-    completion = script.package_completion("\nsteps\n</reasoning>\n<answer>\n\\boxed{5}<|eot_id|>\\boxed{7}")
+    completion, ended = script.package_completion("\nsteps\n</reasoning>\n<answer>\n\\boxed{5}<|eot_id|>\\boxed{7}")
     assert completion == "<reasoning>\nsteps\n</reasoning>\n<answer>\n\\boxed{5}"
+    assert ended and script.package_completion("<answer>\n\\boxed{5") == ("<reasoning><answer>\n\\boxed{5", False)
     texts = ["<answer>\n\\boxed{5}<|eot_id|>\\boxed{7}", "<answer>\n\\boxed{7}<|endoftext|>\\boxed{5}"]
     rows = [{"question": "q", "generations": text, "ground_truth": 5.0} for text in texts]
     rows.append({"question": "q", "generations": "<answer>\n\\boxed{43,500}\n</answer>", "ground_truth": 43500.0})
